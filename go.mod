@@ -1,0 +1,3 @@
+module github.com/odrkit/odrkit
+
+go 1.26
