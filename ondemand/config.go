@@ -1,0 +1,160 @@
+package ondemand
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/odrkit/odrkit/profile"
+	"github.com/odrkit/odrkit/tasklauncher"
+)
+
+// Default values of Config fields.
+const (
+	DefaultStartupTimeout    = 2 * time.Minute
+	DefaultAckTimeout        = 10 * time.Second
+	DefaultHeartbeatTimeout  = 30 * time.Second
+	DefaultCancelGrace       = 10 * time.Second
+	DefaultLaunchConcurrency = 32
+	// DefaultTokenJobDuration is added to the startup timeout to compute
+	// the lifetime of an on-demand runner's token when its job has no
+	// MaxDuration.
+	DefaultTokenJobDuration = time.Hour
+)
+
+// Config configures a Manager. Zero fields take the defaults above.
+type Config struct {
+	// Store persists jobs and tasks. Default: a new MemoryStore, which
+	// loses everything when the process ends.
+	Store Store
+
+	// Launchers holds the launcher plugins that profiles name. Required
+	// for on-demand jobs.
+	Launchers *tasklauncher.Registry
+
+	// Profiles are the runner profiles jobs are launched with. Required
+	// for on-demand jobs.
+	Profiles *profile.Set
+
+	// AdvertiseAddr is the host:port of the runner API that on-demand
+	// runners dial. Required for on-demand jobs.
+	AdvertiseAddr string
+
+	// RunnerEnv is added to every on-demand runner's environment, for
+	// example ODRKIT_SERVER_TLS and ODRKIT_SERVER_CA_FILE. Profile env
+	// entries win over it; the runner's ID and token win over both.
+	RunnerEnv map[string]string
+
+	// HostID identifies this host on the tasks it launches (label
+	// odrkit.host), so that hosts sharing a platform find their own tasks.
+	// Default: the machine's host name.
+	HostID string
+
+	// DefaultImage is the runner image used when a profile sets no
+	// oci_url. Launchers that run no images ignore it.
+	DefaultImage string
+
+	// TokenKey signs runner tokens; at least 32 bytes. Default: a random
+	// key, so tokens do not survive a restart of the host process.
+	TokenKey []byte
+
+	// StartupTimeout is how long a launched runner has to connect, for
+	// profiles that set no startup_timeout.
+	StartupTimeout time.Duration
+
+	// AckTimeout is how long a runner has to acknowledge an assignment
+	// before the job is queued again.
+	AckTimeout time.Duration
+
+	// HeartbeatTimeout is how long a running job may go without a
+	// heartbeat or output from its runner before it fails as runner lost.
+	HeartbeatTimeout time.Duration
+
+	// HeartbeatInterval is how often runners are told to send heartbeats.
+	// Default: a third of HeartbeatTimeout.
+	HeartbeatInterval time.Duration
+
+	// CancelGrace is how long a runner has to end a cancelled job before
+	// the Manager marks it cancelled without the runner.
+	CancelGrace time.Duration
+
+	// LaunchConcurrency bounds the start and stop jobs the embedded
+	// launcher runner executes at once. Watch jobs are not counted,
+	// because each lasts as long as its task.
+	LaunchConcurrency int
+
+	// Logger receives the Manager's log records. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Store == nil {
+		c.Store = NewMemoryStore()
+	}
+	if c.HostID == "" {
+		c.HostID, _ = os.Hostname()
+	}
+	if c.StartupTimeout == 0 {
+		c.StartupTimeout = DefaultStartupTimeout
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.HeartbeatTimeout == 0 {
+		c.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = c.HeartbeatTimeout / 3
+	}
+	if c.CancelGrace == 0 {
+		c.CancelGrace = DefaultCancelGrace
+	}
+	if c.LaunchConcurrency == 0 {
+		c.LaunchConcurrency = DefaultLaunchConcurrency
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	positive := func(name string, d time.Duration) {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("Config.%s is %s; set a positive duration or zero for the default", name, d))
+		}
+	}
+	positive("StartupTimeout", c.StartupTimeout)
+	positive("AckTimeout", c.AckTimeout)
+	positive("HeartbeatTimeout", c.HeartbeatTimeout)
+	positive("HeartbeatInterval", c.HeartbeatInterval)
+	positive("CancelGrace", c.CancelGrace)
+	if c.HeartbeatInterval >= c.HeartbeatTimeout {
+		errs = append(errs, fmt.Errorf("Config.HeartbeatInterval (%s) must be shorter than Config.HeartbeatTimeout (%s), or runners time out between heartbeats", c.HeartbeatInterval, c.HeartbeatTimeout))
+	}
+	if c.LaunchConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("Config.LaunchConcurrency is %d; set a positive number or zero for the default of %d", c.LaunchConcurrency, DefaultLaunchConcurrency))
+	}
+	if c.TokenKey != nil && len(c.TokenKey) < 32 {
+		errs = append(errs, fmt.Errorf("Config.TokenKey has %d bytes; use at least 32 random bytes, or nil for a random key", len(c.TokenKey)))
+	}
+	if c.Profiles != nil && len(c.Profiles.All()) > 0 {
+		if c.Launchers == nil {
+			errs = append(errs, errors.New("Config.Launchers is nil but Config.Profiles is set; pass a tasklauncher.Registry holding the plugins the profiles name"))
+		}
+		if c.AdvertiseAddr == "" {
+			errs = append(errs, errors.New("Config.AdvertiseAddr is empty; set the host:port of the runner API that on-demand runners dial"))
+		}
+		for _, p := range c.Profiles.All() {
+			if c.Launchers != nil {
+				if _, ok := c.Launchers.Lookup(p.Plugin); !ok {
+					errs = append(errs, fmt.Errorf("profile %q names launcher plugin %q, which Config.Launchers does not hold; register it", p.Name, p.Plugin))
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,500 @@
+package ondemand
+
+import (
+	"container/list"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrClosed is returned by Manager methods called after Close.
+var ErrClosed = errors.New("manager is closed")
+
+// ErrInvalidJob is wrapped by Submit errors about the job spec. The message
+// names the field and the fix.
+var ErrInvalidJob = errors.New("invalid job")
+
+// ErrUnknownProfile is wrapped by Submit when the job names a profile that
+// does not exist, or names none and there is no default profile.
+var ErrUnknownProfile = errors.New("unknown runner profile")
+
+// Manager queues jobs, launches an on-demand runner for each job through
+// its profile's launcher, hands each job to its runner, and stops the
+// runner's task when the job ends. It is the host's entry point; its
+// methods are safe for concurrent use.
+type Manager struct {
+	cfg        Config
+	logger     *slog.Logger
+	store      Store
+	signer     *tokenSigner
+	launchExec *LaunchExecutor
+	now        func() time.Time
+	embeddedID string
+
+	closing        chan struct{}
+	stopEmbedded   context.CancelFunc
+	embeddedActive sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	jobs    map[string]*entry
+	tasks   map[string]*Task
+	byRunID map[string]string // runner ID -> task ID
+	// dependents maps a job ID to the IDs of jobs that depend on it.
+	dependents map[string][]string
+	queue      dispatchQueue
+	waiters    waiterSet
+}
+
+// entry is the Manager's in-memory state of one job.
+type entry struct {
+	job     *Job
+	lastSeq int64
+	// changed is closed and replaced whenever the job gets a new event.
+	changed chan struct{}
+	// elem is the job's place in the dispatch queue, nil when not queued.
+	elem *list.Element
+	// assignment is the job's current assignment while WAITING or RUNNING.
+	assignment *Assignment
+	timers     map[timerKind]*time.Timer
+	// tail keeps the last output lines, reported when a task exits before
+	// its runner connects.
+	tail []string
+}
+
+const tailLines = 10
+
+// New creates a Manager, loads the jobs in cfg.Store and starts the
+// embedded launcher runner. Call Close to stop it.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("ondemand: invalid config: %w", err)
+	}
+	signer, err := newTokenSigner(cfg.TokenKey, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		cfg:        cfg,
+		logger:     cfg.Logger.With("component", "ondemand"),
+		store:      cfg.Store,
+		signer:     signer,
+		now:        time.Now,
+		embeddedID: "embedded-launcher-" + newID(""),
+		closing:    make(chan struct{}),
+		jobs:       make(map[string]*entry),
+		tasks:      make(map[string]*Task),
+		byRunID:    make(map[string]string),
+		dependents: make(map[string][]string),
+		queue:      newDispatchQueue(),
+		waiters:    newWaiterSet(),
+	}
+	if cfg.Launchers != nil {
+		m.launchExec = NewLaunchExecutor(cfg.Launchers, cfg.Logger)
+	}
+	if err := m.load(ctx); err != nil {
+		return nil, err
+	}
+	embeddedCtx, stop := context.WithCancel(context.Background())
+	m.stopEmbedded = stop
+	if m.launchExec != nil {
+		m.embeddedActive.Add(1)
+		go func() {
+			defer m.embeddedActive.Done()
+			m.runEmbedded(embeddedCtx)
+		}()
+	}
+	return m, nil
+}
+
+// load rebuilds the in-memory indexes from the store.
+func (m *Manager) load(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	err := m.store.View(ctx, func(tx ReadTx) error {
+		if err := tx.ForEachTask(func(t *Task) bool {
+			m.tasks[t.ID] = t
+			m.byRunID[t.RunnerID] = t.ID
+			return true
+		}); err != nil {
+			return err
+		}
+		return tx.ForEachJob(func(j *Job) bool {
+			e := &entry{job: j, changed: make(chan struct{})}
+			m.jobs[j.ID] = e
+			for _, d := range j.DependsOn {
+				m.dependents[d.JobID] = append(m.dependents[d.JobID], j.ID)
+			}
+			return true
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("ondemand: load store: %w", err)
+	}
+	for id, e := range m.jobs {
+		err := m.store.View(ctx, func(tx ReadTx) error {
+			return tx.Events(id, 0, func(ev Event) bool { e.lastSeq = ev.Seq; return true })
+		})
+		if err != nil {
+			return fmt.Errorf("ondemand: load events of job %s: %w", id, err)
+		}
+	}
+	// NOTE: jobs that were WAITING or RUNNING when the previous host
+	// process stopped stay in that state here; restart recovery re-arms
+	// their timers and re-runs unfinished stop jobs.
+	for _, e := range m.jobs {
+		m.reindex(e)
+	}
+	return nil
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 10)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// JobSpec is what a host submits.
+type JobSpec struct {
+	// ID is the job's ID; Submit generates one when empty.
+	ID string
+	// Kind names the operation; runners pick their handler by it.
+	Kind string
+	// Payload is the operation's input, opaque to odrkit.
+	Payload []byte
+	// Profile is the runner profile an on-demand runner is launched with;
+	// empty means the default profile. Must be empty when Target is set.
+	Profile string
+	// Target, when set, queues the job for static runners that match it
+	// instead of launching a runner for it. &Target{} matches any runner.
+	Target *Target
+	// DependsOn lists jobs that must end before this one starts.
+	DependsOn []Dependency
+	// MaxDuration bounds how long the job may run once acknowledged; zero
+	// means no bound.
+	MaxDuration time.Duration
+}
+
+// Submit queues a job. Without Target it also queues the start, watch and
+// stop jobs of a task that launches an on-demand runner for it. Submit
+// returns once the jobs are stored.
+func (m *Manager) Submit(ctx context.Context, spec JobSpec) (*Job, error) {
+	if err := m.checkSpec(spec); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if spec.ID == "" {
+		spec.ID = newID("job-")
+	}
+	if _, ok := m.jobs[spec.ID]; ok {
+		return nil, fmt.Errorf("%w: ID %q is already used; submit with another ID or none", ErrInvalidJob, spec.ID)
+	}
+	for _, d := range spec.DependsOn {
+		if _, ok := m.jobs[d.JobID]; !ok {
+			return nil, fmt.Errorf("%w: dependency %q is not a known job ID; submit it first", ErrInvalidJob, d.JobID)
+		}
+	}
+
+	c := m.newChange()
+	var job *Job
+	if spec.Target != nil {
+		job = c.addJob(&Job{
+			ID: spec.ID, Kind: spec.Kind, Payload: spec.Payload, Target: *spec.Target,
+			DependsOn: spec.DependsOn, MaxDuration: spec.MaxDuration, Role: RoleJob,
+		}, "queued for "+spec.Target.String())
+	} else {
+		p, err := m.profile(spec.Profile)
+		if err != nil {
+			return nil, err
+		}
+		job = m.addTask(c, spec, p)
+	}
+	if err := c.commit(ctx); err != nil {
+		return nil, fmt.Errorf("submit job %s: %w", spec.ID, err)
+	}
+	m.logger.Info("job submitted", "job", job.ID, "kind", job.Kind, "task", job.TaskID, "profile", job.Profile)
+	return job.Clone(), nil
+}
+
+func (m *Manager) checkSpec(spec JobSpec) error {
+	var errs []string
+	if strings.TrimSpace(spec.Kind) == "" {
+		errs = append(errs, "Kind is empty; set the operation name runners register a handler for")
+	}
+	if spec.Target != nil && spec.Profile != "" {
+		errs = append(errs, fmt.Sprintf("Profile %q and Target are both set; set Profile for an on-demand runner or Target for static runners", spec.Profile))
+	}
+	if spec.MaxDuration < 0 {
+		errs = append(errs, fmt.Sprintf("MaxDuration is %s; set a positive duration or zero for no bound", spec.MaxDuration))
+	}
+	for i, d := range spec.DependsOn {
+		if d.JobID == "" {
+			errs = append(errs, fmt.Sprintf("DependsOn[%d].JobID is empty; set the ID of a submitted job", i))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidJob, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// addJob stages a new QUEUED job with its first event.
+func (c *change) addJob(j *Job, message string) *Job {
+	j.State = StateQueued
+	j.QueuedAt = c.now
+	c.jobs[j.ID] = j
+	c.event(j, EventQueued, message)
+	return j
+}
+
+// Get returns a copy of the job with this ID, or an error wrapping
+// ErrNotFound.
+func (m *Manager) Get(ctx context.Context, id string) (*Job, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.jobs[id]
+	if e == nil {
+		return nil, notFound("job", id)
+	}
+	return e.job.Clone(), nil
+}
+
+// Task returns a copy of the task with this ID, or an error wrapping
+// ErrNotFound.
+func (m *Manager) Task(ctx context.Context, id string) (*Task, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.tasks[id]
+	if t == nil {
+		return nil, notFound("task", id)
+	}
+	return t.Clone(), nil
+}
+
+// Wait blocks until the job is terminal and returns it.
+func (m *Manager) Wait(ctx context.Context, id string) (*Job, error) {
+	for {
+		m.mu.Lock()
+		e := m.jobs[id]
+		if e == nil {
+			m.mu.Unlock()
+			return nil, notFound("job", id)
+		}
+		job, changed := e.job.Clone(), e.changed
+		m.mu.Unlock()
+		if job.State.Terminal() {
+			return job, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-m.closing:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// WaitTask blocks until the task is stopped (state STOPPED or
+// STOP_FAILED) and returns it.
+func (m *Manager) WaitTask(ctx context.Context, id string) (*Task, error) {
+	for {
+		m.mu.Lock()
+		t := m.tasks[id]
+		if t == nil {
+			m.mu.Unlock()
+			return nil, notFound("task", id)
+		}
+		task := t.Clone()
+		changed := m.jobs[task.JobID].changed
+		m.mu.Unlock()
+		if task.State == TaskStopped || task.State == TaskStopFailed {
+			return task, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-m.closing:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Watch returns the job's events: first those already recorded, then new
+// ones as they happen, until the job is terminal. It yields a non-nil
+// error once and stops when ctx is done, the job is unknown or the
+// Manager closes.
+func (m *Manager) Watch(ctx context.Context, id string) iter.Seq2[Event, error] {
+	return func(yield func(Event, error) bool) {
+		var after int64
+		for {
+			m.mu.Lock()
+			e := m.jobs[id]
+			if e == nil {
+				m.mu.Unlock()
+				yield(Event{}, notFound("job", id))
+				return
+			}
+			last, terminal, changed := e.lastSeq, e.job.State.Terminal(), e.changed
+			m.mu.Unlock()
+
+			if after < last {
+				var events []Event
+				err := m.store.View(ctx, func(tx ReadTx) error {
+					return tx.Events(id, after, func(ev Event) bool {
+						events = append(events, ev)
+						return ev.Seq < last
+					})
+				})
+				if err != nil {
+					yield(Event{}, fmt.Errorf("read events of job %s: %w", id, err))
+					return
+				}
+				for _, ev := range events {
+					if !yield(ev, nil) {
+						return
+					}
+					after = ev.Seq
+				}
+				continue
+			}
+			if terminal {
+				return
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				yield(Event{}, ctx.Err())
+				return
+			case <-m.closing:
+				yield(Event{}, ErrClosed)
+				return
+			}
+		}
+	}
+}
+
+// Cancel cancels a job. A queued job is cancelled at once. A job on a
+// runner is asked to stop; if its runner has not ended it within
+// Config.CancelGrace, the Manager marks it cancelled without the runner.
+// Cancelling an on-demand job also cancels its start job when that has not
+// begun, and its task is stopped either way. Cancelling a terminal job
+// does nothing.
+func (m *Manager) Cancel(ctx context.Context, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	e := m.jobs[id]
+	if e == nil {
+		return notFound("job", id)
+	}
+	c := m.newChange()
+	c.cancel(id, "cancelled by request")
+	if err := c.commit(ctx); err != nil {
+		return fmt.Errorf("cancel job %s: %w", id, err)
+	}
+	return nil
+}
+
+// Close stops the Manager: runners waiting for a job are released, timers
+// stop and the embedded launcher runner ends. Tasks that are still
+// running are not stopped; a Manager started later on the same durable
+// store finds them. Close is idempotent.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.closing)
+	for _, e := range m.jobs {
+		for _, t := range e.timers {
+			t.Stop()
+		}
+	}
+	m.mu.Unlock()
+
+	m.stopEmbedded()
+	m.embeddedActive.Wait()
+	if m.launchExec != nil {
+		return m.launchExec.Close()
+	}
+	m.logger.Info("manager closed")
+	return nil
+}
+
+// apply moves a stored change into memory. Called with m.mu held.
+func (m *Manager) apply(c *change) {
+	for id, j := range c.jobs {
+		e := m.jobs[id]
+		if e == nil {
+			e = &entry{changed: make(chan struct{})}
+			m.jobs[id] = e
+			for _, d := range j.DependsOn {
+				m.dependents[d.JobID] = append(m.dependents[d.JobID], id)
+			}
+		}
+		e.job = j
+	}
+	for id, t := range c.tasks {
+		m.tasks[id] = t
+		m.byRunID[t.RunnerID] = id
+	}
+	notify := make(map[string]bool)
+	for _, ev := range c.events {
+		e := m.jobs[ev.JobID]
+		e.lastSeq = ev.Seq
+		if ev.Type == EventOutput {
+			e.tail = append(e.tail, ev.Line)
+			if len(e.tail) > tailLines {
+				e.tail = e.tail[len(e.tail)-tailLines:]
+			}
+		}
+		notify[ev.JobID] = true
+	}
+	for id := range c.jobs {
+		notify[id] = true
+	}
+	for id := range notify {
+		e := m.jobs[id]
+		close(e.changed)
+		e.changed = make(chan struct{})
+	}
+	for id := range c.jobs {
+		m.reindex(m.jobs[id])
+	}
+	// A finished job can make its dependents ready.
+	for id, j := range c.jobs {
+		if j.State.Terminal() {
+			for _, dep := range m.dependents[id] {
+				m.reindex(m.jobs[dep])
+			}
+		}
+	}
+}
+
+// dependenciesDone reports whether every dependency of j is terminal.
+func (m *Manager) dependenciesDone(j *Job) bool {
+	for _, d := range j.DependsOn {
+		if e := m.jobs[d.JobID]; e != nil && !e.job.State.Terminal() {
+			return false
+		}
+	}
+	return true
+}

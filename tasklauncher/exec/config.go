@@ -1,0 +1,149 @@
+package exec
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/odrkit/odrkit/tasklauncher"
+)
+
+// PluginName is the name of this plugin in runner profiles.
+const PluginName = "exec"
+
+// LabelsEnv is the environment variable that carries a task's labels, as a
+// JSON object, into the runner process. ListTasks finds tasks by reading it
+// from /proc/PID/environ, so neither Config.Env nor LaunchInfo.Env may set it.
+const LabelsEnv = "ODRKIT_TASK_LABELS"
+
+// Defaults applied by Plugin().NewConfig and by New for empty fields.
+const (
+	DefaultStopGrace      = "5s"
+	DefaultMaxOutputLines = 10000
+)
+
+// Config is the plugin's `config` block in a runner profile. Its hcl tags
+// are the block's schema. Its json tags are used when the config is sent to
+// a remote launcher runner.
+type Config struct {
+	// Command is the executable to run. A name without a slash is looked up
+	// in PATH. Empty means the launch's entrypoint, and without one the
+	// host's own executable, so that one binary can be host and runner.
+	Command string `hcl:"command,optional" json:"command,omitempty"`
+
+	// Args replaces the launch's entrypoint arguments and arguments when not
+	// empty.
+	Args []string `hcl:"args,optional" json:"args,omitempty"`
+
+	// Dir is the working directory of the runner. Empty means the host's
+	// working directory.
+	Dir string `hcl:"dir,optional" json:"dir,omitempty"`
+
+	// Env is added to the host's environment. The launch's own environment
+	// is added after it and wins on equal keys.
+	Env map[string]string `hcl:"env,optional" json:"env,omitempty"`
+
+	// StopGrace is the time, as a Go duration such as "5s", between SIGTERM
+	// and SIGKILL to the runner's process group when a task is stopped.
+	// "0s" sends SIGKILL right after SIGTERM. Empty means DefaultStopGrace.
+	StopGrace string `hcl:"stop_grace,optional" json:"stop_grace,omitempty"`
+
+	// MaxOutputLines is the number of output lines kept in memory per task
+	// for WatchTask. Older lines are dropped first. Zero means
+	// DefaultMaxOutputLines.
+	MaxOutputLines int `hcl:"max_output_lines,optional" json:"max_output_lines,omitempty"`
+}
+
+var _ tasklauncher.ConfigValidator = (*Config)(nil)
+
+// Validate checks the values of a decoded config. The error names each bad
+// key and says how to fix it.
+func (c *Config) Validate() error {
+	if c == nil {
+		return errors.New("exec launcher config is nil")
+	}
+	var errs []error
+	if strings.ContainsRune(c.Command, 0) {
+		errs = append(errs, errors.New("command: contains a NUL byte; remove it"))
+	}
+	for i, arg := range c.Args {
+		if strings.ContainsRune(arg, 0) {
+			errs = append(errs, fmt.Errorf("args[%d]: contains a NUL byte; remove it", i))
+		}
+	}
+	if strings.ContainsRune(c.Dir, 0) {
+		errs = append(errs, errors.New("dir: contains a NUL byte; remove it"))
+	}
+	for _, key := range slices.Sorted(maps.Keys(c.Env)) {
+		if err := validateEnvEntry(key, c.Env[key]); err != nil {
+			errs = append(errs, fmt.Errorf("env: %w", err))
+		}
+	}
+	if _, err := parseStopGrace(c.StopGrace); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxOutputLines < 0 {
+		errs = append(errs, fmt.Errorf("max_output_lines: %d is negative; use a positive number, or 0 for the default of %d", c.MaxOutputLines, DefaultMaxOutputLines))
+	}
+	return errors.Join(errs...)
+}
+
+// validateEnvEntry checks one environment variable. Its error names the key
+// but never the value, because values can be secrets.
+func validateEnvEntry(key, value string) error {
+	switch {
+	case key == "":
+		return errors.New("a variable name is empty; remove the entry or name it")
+	case strings.ContainsAny(key, "=\x00"):
+		return fmt.Errorf("variable name %q contains '=' or a NUL byte; rename it", key)
+	case key == LabelsEnv:
+		return fmt.Errorf("variable %s is set by the launcher from the task's labels; remove it and set labels instead", LabelsEnv)
+	case strings.ContainsRune(value, 0):
+		return fmt.Errorf("the value of variable %q contains a NUL byte; remove it", key)
+	}
+	return nil
+}
+
+func parseStopGrace(s string) (time.Duration, error) {
+	if s == "" {
+		s = DefaultStopGrace
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("stop_grace: invalid duration %q: %w; use a Go duration such as \"5s\" or \"1m30s\"", s, err)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("stop_grace: %q is negative; use a duration of 0s or more", s)
+	}
+	return d, nil
+}
+
+func newConfig() *Config {
+	return &Config{StopGrace: DefaultStopGrace, MaxOutputLines: DefaultMaxOutputLines}
+}
+
+// Plugin returns the exec plugin for a [tasklauncher.Registry]. Its
+// NewConfig returns a *Config with the defaults set, and its New accepts
+// that *Config.
+func Plugin() tasklauncher.Plugin {
+	return tasklauncher.Plugin{
+		Name:      PluginName,
+		NewConfig: func() any { return newConfig() },
+		New: func(config any, opts tasklauncher.Options) (tasklauncher.Launcher, error) {
+			cfg, ok := config.(*Config)
+			if !ok {
+				return nil, fmt.Errorf("exec launcher: config has type %T; pass the *exec.Config returned by the plugin's NewConfig", config)
+			}
+			l, err := New(cfg, opts)
+			if err != nil {
+				// Return an untyped nil so that callers can compare the
+				// Launcher with nil.
+				return nil, err
+			}
+			return l, nil
+		},
+	}
+}
