@@ -27,9 +27,8 @@ func (l *loader) decodeConfig(pluginName string, configBlock, profileBlock *hcl.
 		subject = configBlock.DefRange
 	} else {
 		// An empty body still reports missing required arguments, at the
-		// end of the profile block where the config block would go.
-		end := profileBlock.Body.MissingItemRange()
-		body = &hclsyntax.Body{SrcRange: end, EndRange: end}
+		// profile's header.
+		body = &hclsyntax.Body{SrcRange: subject, EndRange: subject}
 	}
 
 	// A plugin whose config struct gohcl cannot decode, or whose
@@ -58,17 +57,23 @@ func (l *loader) decodeConfig(pluginName string, configBlock, profileBlock *hcl.
 		return nil
 	}
 
-	before := len(l.secrets.ranges)
+	before, failedBefore := len(l.secrets.ranges), len(l.secrets.failed)
 	decodeDiags := gohcl.DecodeBody(&secretBody{Body: body, secrets: l.secrets}, ctx, config)
 	readsSecret := len(l.secrets.ranges) > before
+	failed := l.secrets.failed[failedBefore:]
 	schema, _ := gohcl.ImpliedBodySchema(config)
 	for _, d := range decodeDiags {
+		// An expression that failed to evaluate already has its error,
+		// and gohcl adds "value must be known" for its unknown result.
+		if d.Summary == "Unsuitable value type" && overlapsAny(d.Subject, failed) {
+			continue
+		}
 		addValidKeys(d, pluginName, schema)
 		if configBlock == nil && d.Summary == "Missing required argument" {
 			d.Detail += fmt.Sprintf(" The %q plugin needs it in the profile's config block, such as config { ... }.", pluginName)
 		}
+		*diags = append(*diags, d)
 	}
-	*diags = append(*diags, decodeDiags...)
 	if decodeDiags.HasErrors() {
 		return nil
 	}

@@ -400,7 +400,7 @@ func (d *attrDecoder) stringMap(attr *hcl.Attribute, checkKey func(string) error
 		key := keyVal.AsString()
 		if err := checkKey(key); err != nil {
 			if keySecret {
-				err = fmt.Errorf("a %s key read through env() or file() is invalid: check the variable or file that it reads", name)
+				err = fmt.Errorf("a key of %s read through env() or file() is invalid: check the variable or file that it reads", name)
 			}
 			d.diags = append(d.diags, errorAt(pair.Key.Range(), fmt.Sprintf("Invalid %s key", name), err))
 			ok = false
@@ -445,7 +445,7 @@ func (d *attrDecoder) stringMapValue(attr *hcl.Attribute, checkKey func(string) 
 		key := k.AsString()
 		if err := checkKey(key); err != nil {
 			if secret {
-				err = fmt.Errorf("a %s key read through env() or file() is invalid: check the variable or file that it reads", name)
+				err = fmt.Errorf("a key of %s read through env() or file() is invalid: check the variable or file that it reads", name)
 			}
 			d.diags = append(d.diags, errorAt(attr.Expr.Range(), fmt.Sprintf("Invalid %s key", name), err))
 			ok = false

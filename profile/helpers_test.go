@@ -1,8 +1,13 @@
 package profile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/stretchr/testify/require"
 
 	"github.com/odrkit/odrkit/tasklauncher"
 )
@@ -54,4 +59,13 @@ func lookupIn(env map[string]string) func(string) (string, bool) {
 		v, ok := env[name]
 		return v, ok
 	}
+}
+
+// hclDiagnosticText renders diags with HCL's own diagnostic writer, which
+// prints the values of an expression's variables when it can.
+func hclDiagnosticText(t *testing.T, buf *bytes.Buffer, diags hcl.Diagnostics) string {
+	t.Helper()
+	wr := hcl.NewDiagnosticTextWriter(buf, nil, 100, false)
+	require.NoError(t, wr.WriteDiagnostics(diags))
+	return buf.String()
 }

@@ -283,9 +283,9 @@ func checkEnvName(key string) error {
 func checkTargetRunner(t *TargetRunner) error {
 	switch {
 	case t.ID != "" && len(t.Labels) > 0:
-		return fmt.Errorf("target_runner sets both id and labels: keep id to select one runner, or labels to select any runner that carries them")
+		return fmt.Errorf("the target_runner block sets both id and labels: keep id to select one runner, or labels to select any runner that carries them")
 	case t.ID == "" && len(t.Labels) == 0:
-		return fmt.Errorf("target_runner sets neither id nor labels: set id = \"RUNNER_ID\" or labels = { key = \"value\" }, or remove target_runner to use the embedded launcher runner")
+		return fmt.Errorf("the target_runner block sets neither id nor labels: set id = \"RUNNER_ID\" or labels = { key = \"value\" }, or remove target_runner to use the embedded launcher runner")
 	}
 	return nil
 }

@@ -37,6 +37,8 @@ type secrets struct {
 	// ranges are the ranges of attribute expressions that called env()
 	// or file().
 	ranges []hcl.Range
+	// failed are the ranges of expressions whose evaluation failed.
+	failed []hcl.Range
 }
 
 // evalContext returns the context for the expressions of one file, whose
@@ -57,6 +59,9 @@ func (s *secrets) eval(expr hcl.Expression, ctx *hcl.EvalContext) (cty.Value, bo
 	secret := s.calls > before || val.ContainsMarked()
 	if secret {
 		s.ranges = append(s.ranges, expr.Range())
+	}
+	if diags.HasErrors() {
+		s.failed = append(s.failed, expr.Range())
 	}
 	val, _ = val.UnmarkDeep()
 	return val, secret, diags
@@ -203,11 +208,16 @@ func (s *secrets) scrub(diags hcl.Diagnostics) {
 }
 
 func (s *secrets) overlapsSecret(r *hcl.Range) bool {
+	return overlapsAny(r, s.ranges)
+}
+
+// overlapsAny reports whether r overlaps one of ranges.
+func overlapsAny(r *hcl.Range, ranges []hcl.Range) bool {
 	if r == nil {
 		return false
 	}
-	for _, sr := range s.ranges {
-		if sr.Filename == r.Filename && sr.Start.Byte <= r.End.Byte && r.Start.Byte <= sr.End.Byte {
+	for _, other := range ranges {
+		if other.Filename == r.Filename && other.Start.Byte <= r.End.Byte && r.Start.Byte <= other.End.Byte {
 			return true
 		}
 	}

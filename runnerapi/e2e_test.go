@@ -1,0 +1,394 @@
+package runnerapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/odrkit/odrkit/ondemand"
+	"github.com/odrkit/odrkit/profile"
+	"github.com/odrkit/odrkit/runnerapi"
+	"github.com/odrkit/odrkit/runnerapi/runner"
+	"github.com/odrkit/odrkit/runnerapi/runnerpb"
+	"github.com/odrkit/odrkit/tasklauncher"
+	"github.com/odrkit/odrkit/tasklauncher/exec"
+)
+
+// testHost is a host with a Manager and the runner API on a loopback port.
+type testHost struct {
+	mgr      *ondemand.Manager
+	addr     string
+	registry *tasklauncher.Registry
+}
+
+// hostOptions changes the profile and Manager config of a test host.
+type hostOptions struct {
+	mode           string // envTestMode of the launched runners
+	command        string // exec command; empty runs the test binary
+	startupTimeout time.Duration
+	targetRunner   *profile.TargetRunner
+}
+
+func startHost(t *testing.T, opts hostOptions) *testHost {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+
+	registry := tasklauncher.NewRegistry(exec.Plugin())
+	execConfig := exec.Plugin().NewConfig().(*exec.Config)
+	execConfig.Command = opts.command
+	execConfig.StopGrace = "2s"
+	if opts.startupTimeout == 0 {
+		opts.startupTimeout = time.Minute
+	}
+	profiles, err := profile.NewSet(&profile.Profile{
+		Name:           "local",
+		Plugin:         exec.PluginName,
+		Default:        true,
+		Env:            map[string]string{envTestMode: opts.mode},
+		StartupTimeout: opts.startupTimeout,
+		TargetRunner:   opts.targetRunner,
+		Config:         execConfig,
+	})
+	require.NoError(t, err)
+
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	mgr, err := ondemand.New(t.Context(), ondemand.Config{
+		Launchers:        registry,
+		Profiles:         profiles,
+		AdvertiseAddr:    lis.Addr().String(),
+		HeartbeatTimeout: 5 * time.Second,
+		Logger:           logger,
+	})
+	require.NoError(t, err)
+
+	srv := grpc.NewServer(runnerapi.ServerOptions()...)
+	runnerapi.NewServer(mgr, runnerapi.Config{Logger: logger}).Register(srv)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		srv.Stop()
+		<-served
+		require.NoError(t, mgr.Close())
+	})
+	return &testHost{mgr: mgr, addr: lis.Addr().String(), registry: registry}
+}
+
+// testWriter sends log output to the test log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+func waitCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitTask waits until the job's task is stopped and returns it.
+func (h *testHost) waitTask(t *testing.T, job *ondemand.Job) *ondemand.Task {
+	t.Helper()
+	task, err := h.mgr.WaitTask(waitCtx(t), job.TaskID)
+	require.NoError(t, err)
+	return task
+}
+
+// waitTaskStarted polls until StartTask has returned for the job's task.
+func (h *testHost) waitTaskStarted(t *testing.T, job *ondemand.Job) *ondemand.Task {
+	t.Helper()
+	var task *ondemand.Task
+	require.Eventually(t, func() bool {
+		var err error
+		task, err = h.mgr.Task(t.Context(), job.TaskID)
+		require.NoError(t, err)
+		return task.State != ondemand.TaskPending
+	}, 30*time.Second, 10*time.Millisecond)
+	return task
+}
+
+// requireProcessGone fails unless the process in an exec launcher state
+// no longer exists.
+func requireProcessGone(t *testing.T, launcherState []byte) {
+	t.Helper()
+	var state struct {
+		PID int `json:"pid"`
+	}
+	require.NoError(t, json.Unmarshal(launcherState, &state))
+	require.NotZero(t, state.PID)
+	err := syscall.Kill(state.PID, 0)
+	require.ErrorIs(t, err, syscall.ESRCH, "runner process %d is still alive", state.PID)
+}
+
+func TestOnDemandJobSucceeds(t *testing.T) {
+	h := startHost(t, hostOptions{})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Payload: []byte("first\nsecond\nthird")})
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateQueued, job.State)
+	require.NotEmpty(t, job.TaskID)
+
+	var lines []string
+	var types []ondemand.EventType
+	for ev, err := range h.mgr.Watch(ctx, job.ID) {
+		require.NoError(t, err)
+		types = append(types, ev.Type)
+		if ev.Type == ondemand.EventOutput {
+			lines = append(lines, ev.Line)
+		}
+	}
+	require.Equal(t, []string{"first", "second", "third"}, lines)
+	require.Contains(t, types, ondemand.EventLaunched)
+	require.Contains(t, types, ondemand.EventRunning)
+	require.Equal(t, ondemand.EventDone, types[len(types)-1])
+
+	done, err := h.mgr.Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateSuccess, done.State)
+	require.Equal(t, []byte("done"), done.Result)
+	require.Nil(t, done.Error)
+
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	require.Equal(t, task.RunnerID, done.RunnerID)
+	requireProcessGone(t, task.LauncherState)
+}
+
+func TestOnDemandJobFailsWithExitCode(t *testing.T) {
+	h := startHost(t, hostOptions{})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindFail, Payload: []byte("3")})
+	require.NoError(t, err)
+
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateError, done.State)
+	require.NotNil(t, done.Error)
+	require.Equal(t, ondemand.ReasonJobFailed, done.Error.Reason)
+	require.Contains(t, done.Error.Message, "failed on purpose")
+	require.NotNil(t, done.Error.ExitCode)
+	require.Equal(t, 3, *done.Error.ExitCode)
+
+	var jobErr *ondemand.JobError
+	require.ErrorAs(t, done.Error, &jobErr)
+	require.Equal(t, ondemand.TaskStopped, h.waitTask(t, job).State)
+}
+
+// openStream opens a job stream with a token and sends Open.
+func openStream(t *testing.T, ctx context.Context, addr, token, runnerID string) runnerpb.RunnerService_JobStreamClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	stream, err := runnerpb.NewRunnerServiceClient(conn).JobStream(ctx)
+	require.NoError(t, err)
+	require.NoError(t, stream.Send(&runnerpb.JobStreamRequest{Event: &runnerpb.JobStreamRequest_Open_{Open: &runnerpb.JobStreamRequest_Open{RunnerId: runnerID}}}))
+	return stream
+}
+
+func TestHeldJobGoesOnlyToItsRunner(t *testing.T) {
+	h := startHost(t, hostOptions{mode: modeNeverConnect})
+	job, err := h.mgr.Submit(waitCtx(t), ondemand.JobSpec{Kind: kindLines, Payload: []byte("secret work")})
+	require.NoError(t, err)
+	h.waitTaskStarted(t, job)
+
+	// A static runner with a valid token of its own waits and gets nothing.
+	token, err := h.mgr.IssueRunnerToken("static-1", nil, time.Minute)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	stream := openStream(t, ctx, h.addr, token, "static-1")
+	_, err = stream.Recv()
+	require.Equal(t, codes.DeadlineExceeded, status.Code(err), "a runner got a job held for another runner: %v", err)
+
+	got, err := h.mgr.Get(t.Context(), job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateQueued, got.State)
+	require.Empty(t, got.RunnerID)
+	require.Equal(t, 1, h.mgr.HeldJobs())
+	require.NoError(t, h.mgr.Cancel(t.Context(), job.ID))
+	h.waitTask(t, job)
+}
+
+func TestTokenOfOtherRunnerRejected(t *testing.T) {
+	h := startHost(t, hostOptions{mode: modeNeverConnect})
+	job, err := h.mgr.Submit(waitCtx(t), ondemand.JobSpec{Kind: kindLines, Payload: []byte("x")})
+	require.NoError(t, err)
+	task := h.waitTaskStarted(t, job)
+
+	// Runner A's valid token, while claiming to be the held job's runner.
+	token, err := h.mgr.IssueRunnerToken("runner-a", nil, time.Minute)
+	require.NoError(t, err)
+	stream := openStream(t, waitCtx(t), h.addr, token, task.RunnerID)
+	_, err = stream.Recv()
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
+	require.NotContains(t, err.Error(), token)
+
+	got, err := h.mgr.Get(t.Context(), job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateQueued, got.State)
+	require.Equal(t, 0, int(got.Attempt), "the job was assigned")
+	require.NoError(t, h.mgr.Cancel(t.Context(), job.ID))
+	h.waitTask(t, job)
+}
+
+func TestStartTaskFailureFailsJob(t *testing.T) {
+	h := startHost(t, hostOptions{command: "/nonexistent/odrkit-runner"})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
+	require.NoError(t, err)
+
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateError, done.State)
+	require.Equal(t, ondemand.ReasonLaunchFailed, done.Error.Reason)
+	require.Contains(t, done.Error.Message, "launch failed")
+	require.Contains(t, done.Error.Message, "/nonexistent/odrkit-runner")
+
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	stop, err := h.mgr.Get(ctx, task.StopJobID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateSuccess, stop.State, "the stop job did not run")
+}
+
+func TestRunnerExitingBeforeConnectFailsJob(t *testing.T) {
+	// The startup timeout is far longer than the wait below, so only the
+	// watch job can fail the job in time.
+	h := startHost(t, hostOptions{mode: modeExitEarly, startupTimeout: time.Hour})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
+	require.NoError(t, err)
+
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateError, done.State)
+	require.Equal(t, ondemand.ReasonExitedBeforeConnect, done.Error.Reason)
+	require.NotNil(t, done.Error.ExitCode)
+	require.Equal(t, 7, *done.Error.ExitCode)
+	require.Contains(t, done.Error.Message, "configuration missing")
+	require.Equal(t, ondemand.TaskStopped, h.waitTask(t, job).State)
+}
+
+func TestRunnerNeverConnectingTimesOut(t *testing.T) {
+	h := startHost(t, hostOptions{mode: modeNeverConnect, startupTimeout: time.Second})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
+	require.NoError(t, err)
+
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateError, done.State)
+	require.Equal(t, ondemand.ReasonStartupTimeout, done.Error.Reason)
+	require.Contains(t, done.Error.Message, "1s")
+
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	requireProcessGone(t, task.LauncherState)
+}
+
+func TestCancelHeldJobStopsTask(t *testing.T) {
+	h := startHost(t, hostOptions{mode: modeNeverConnect})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
+	require.NoError(t, err)
+	started := h.waitTaskStarted(t, job)
+	require.Equal(t, ondemand.TaskStarted, started.State)
+
+	require.NoError(t, h.mgr.Cancel(ctx, job.ID))
+	done, err := h.mgr.Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateCancelled, done.State)
+	require.Equal(t, ondemand.ReasonCancelled, done.Error.Reason)
+
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	requireProcessGone(t, task.LauncherState)
+}
+
+func TestCancelRunningJob(t *testing.T) {
+	h := startHost(t, hostOptions{})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindBlock})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		got, err := h.mgr.Get(ctx, job.ID)
+		require.NoError(t, err)
+		return got.State == ondemand.StateRunning
+	}, 30*time.Second, 10*time.Millisecond)
+
+	require.NoError(t, h.mgr.Cancel(ctx, job.ID))
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateCancelled, done.State)
+	require.Equal(t, ondemand.ReasonCancelled, done.Error.Reason)
+	require.Equal(t, ondemand.TaskStopped, h.waitTask(t, job).State)
+}
+
+func TestStaticRunnerExecutesLaunchJobs(t *testing.T) {
+	labels := map[string]string{"zone": "test"}
+	h := startHost(t, hostOptions{targetRunner: &profile.TargetRunner{Labels: labels}})
+	ctx := waitCtx(t)
+
+	token, err := h.mgr.IssueRunnerToken("launcher-1", labels, time.Minute)
+	require.NoError(t, err)
+	r, err := runner.New(runner.Config{
+		ServerAddr:  h.addr,
+		RunnerID:    "launcher-1",
+		Token:       token,
+		Labels:      labels,
+		Concurrency: 4,
+	})
+	require.NoError(t, err)
+	executor := ondemand.NewLaunchExecutor(h.registry, nil)
+	defer executor.Close()
+	runnerapi.HandleLaunchJobs(r, executor)
+	runCtx, stopRunner := context.WithCancel(t.Context())
+	runDone := make(chan error, 1)
+	go func() { runDone <- r.Run(runCtx) }()
+	defer func() {
+		stopRunner()
+		require.NoError(t, <-runDone)
+	}()
+
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Payload: []byte("via static launcher")})
+	require.NoError(t, err)
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateSuccess, done.State)
+
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	for _, id := range []string{task.StartJobID, task.StopJobID} {
+		launchJob, err := h.mgr.Get(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, ondemand.StateSuccess, launchJob.State, "job %s", id)
+		require.Equal(t, "launcher-1", launchJob.RunnerID, "job %s ran elsewhere", id)
+	}
+	requireProcessGone(t, task.LauncherState)
+}
+
+func TestStreamWithoutTokenRejected(t *testing.T) {
+	h := startHost(t, hostOptions{})
+	stream := openStream(t, waitCtx(t), h.addr, "not-a-token", "anyone")
+	_, err := stream.Recv()
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
+	require.NotContains(t, err.Error(), "not-a-token")
+}
