@@ -13,6 +13,10 @@ import (
 // asks for work after it has taken its job.
 var ErrRunnerSpent = errors.New("on-demand runner has already taken its job")
 
+// ErrUnknownRunner is returned by NextAssignment when an on-demand runner
+// presents a runner ID that no task launched.
+var ErrUnknownRunner = errors.New("no task launched this on-demand runner")
+
 // ErrAssignmentEnded is returned by Assignment methods after the Manager
 // ended the assignment: the job completed, was cancelled, timed out or was
 // queued again.
@@ -326,7 +330,7 @@ func (m *Manager) NextAssignment(ctx context.Context, s RunnerSession) (*Assignm
 func (m *Manager) checkOnDemand(runnerID string) error {
 	t := m.tasks[m.byRunID[runnerID]]
 	if t == nil {
-		return fmt.Errorf("%w: no task launched runner %s", ErrRunnerSpent, runnerID)
+		return fmt.Errorf("%w: runner %s", ErrUnknownRunner, runnerID)
 	}
 	e := m.jobs[t.JobID]
 	if e.job.State != StateQueued {

@@ -44,10 +44,10 @@ type ParseOptions struct {
 	LookupEnv func(name string) (string, bool)
 
 	// DisableFunctions makes every call of env() and file() an error.
-	// Set it for profiles that come from a source less trusted than the
-	// host, such as an API request: otherwise such a profile can copy
-	// the host's environment variables and files into the environment of
-	// a runner that its author controls.
+	// Set it for profiles from a source less trusted than the host, such
+	// as an API request. Otherwise such a profile can copy the host's
+	// environment variables and files into a runner that its author
+	// controls.
 	DisableFunctions bool
 
 	// BaseDir is the directory against which Parse and ParseFormat

@@ -1,7 +1,7 @@
-// Package profile loads runner profiles: named configurations that say
-// which launcher plugin starts a job's on-demand runner, with which plugin
-// config, image, environment and limits, and which runner executes the
-// launch jobs.
+// Package profile loads runner profiles. A runner profile is a named
+// configuration of the launcher plugin that starts a job's on-demand
+// runner: the plugin's config, the image, environment and limits, and the
+// runner that executes the launch jobs.
 //
 // Profiles are written in HCL, in the native syntax or the HCL JSON syntax:
 //
@@ -234,8 +234,8 @@ func sortedKeys(m map[string]string) []string {
 	return slices.Sorted(maps.Keys(m))
 }
 
-// checkName returns an error that says how to fix name when it does not
-// match NamePattern.
+// checkName returns an error with the fix when name does not match
+// NamePattern.
 func checkName(name string) error {
 	if nameRegexp.MatchString(name) {
 		return nil
@@ -269,8 +269,8 @@ func suggestName(name string) string {
 	return s
 }
 
-// checkEnvName returns an error that says how to fix an env key that does
-// not match EnvNamePattern.
+// checkEnvName returns an error with the fix when an env key does not
+// match EnvNamePattern.
 func checkEnvName(key string) error {
 	if envNameRegexp.MatchString(key) {
 		return nil

@@ -15,13 +15,13 @@ type Set struct {
 }
 
 // NewSet checks profiles built in Go and returns them as a set. It applies
-// the checks that [Parse] applies, except that it cannot know which
-// plugins are registered or decode plugin configs: names are unique and
-// match [NamePattern], at most one profile is the default, each
-// TargetRunner has either an ID or labels, env keys match
+// the checks of [Parse] that need no registry and no source: names are
+// unique and match [NamePattern], and at most one profile is the default.
+// Each TargetRunner has either an ID or labels, env keys match
 // [EnvNamePattern], Plugin is not empty, and StartupTimeout and
-// MaxConcurrent are not negative. The error names each invalid profile
-// and the fix.
+// MaxConcurrent are not negative. NewSet neither checks that the plugin is
+// registered nor decodes Config. The error names each invalid profile and
+// the fix.
 //
 // The set keeps the given pointers, so the profiles must not be modified
 // afterwards.

@@ -84,7 +84,7 @@ func (s *Server) JobStream(stream runnerpb.RunnerService_JobStreamServer) error 
 
 	a, err := s.mgr.NextAssignment(ctx, session)
 	switch {
-	case errors.Is(err, ondemand.ErrRunnerSpent):
+	case errors.Is(err, ondemand.ErrRunnerSpent), errors.Is(err, ondemand.ErrUnknownRunner):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, ondemand.ErrClosed):
 		return status.Error(codes.Unavailable, "the host is shutting down; retry later")

@@ -180,9 +180,9 @@ func (l *Launcher) waitChild(c *child) {
 // closes first.
 //
 // It does not block in wait4(2), which nothing could interrupt on Close.
-// It polls with WNOHANG after every SIGCHLD instead; the signal is
-// registered before the first poll, so an exit between a poll and the
-// wait for the signal is not missed.
+// Instead it polls with WNOHANG after every SIGCHLD. The signal is
+// registered before the first poll, so an exit between a poll and the wait
+// for the signal is not missed.
 func (l *Launcher) reap(c *child) (tasklauncher.TaskExit, bool) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)

@@ -60,7 +60,7 @@ type Config struct {
 var _ tasklauncher.ConfigValidator = (*Config)(nil)
 
 // Validate checks the values of a decoded config. The error names each bad
-// key and says how to fix it.
+// key and the fix.
 func (c *Config) Validate() error {
 	if c == nil {
 		return errors.New("exec launcher config is nil")

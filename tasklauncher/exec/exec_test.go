@@ -377,22 +377,25 @@ func TestStopTaskFromSecondLauncher(t *testing.T) {
 	stopOnCleanup(t, first, state)
 	st := mustDecodeState(t, state)
 
-	exits := make(chan tasklauncher.TaskExit, 1)
-	errs := make(chan error, 1)
-	ctx := testContext(t)
-	go func() {
-		exit, err := second.WatchTask(ctx, state, func(tasklauncher.OutputLine) {})
-		exits <- exit
-		errs <- err
-	}()
 	require.NoError(t, second.StopTask(testContext(t), state))
 
 	require.False(t, processLive(st.PID))
-	require.NoError(t, <-errs)
-	exit := <-exits
+	require.NoError(t, second.StopTask(testContext(t), state), "second StopTask")
+}
+
+func TestWatchTaskFromSecondLauncher(t *testing.T) {
+	first, _ := newTestLauncher(t, nil)
+	second, _ := newTestLauncher(t, nil)
+	// The task must still run when the second launcher starts watching it;
+	// one second leaves ample time for that.
+	state := startTask(t, first, shell("echo not-seen; exec sleep 1", nil))
+	stopOnCleanup(t, first, state)
+
+	lines, exit := watchAll(t, second, state)
+
+	require.Empty(t, lines)
 	require.Equal(t, -1, exit.Code)
 	require.True(t, strings.HasPrefix(exit.Reason, "exit code unknown: "), "reason %q", exit.Reason)
-	require.NoError(t, second.StopTask(testContext(t), state), "second StopTask")
 }
 
 func TestStartTaskCancelledContext(t *testing.T) {

@@ -102,6 +102,7 @@ func New(cfg *Config, opts tasklauncher.Options) (*Launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("exec launcher config: %w", err)
 	}
+
 	maxLines := cfg.MaxOutputLines
 	if maxLines == 0 {
 		maxLines = DefaultMaxOutputLines
@@ -110,6 +111,7 @@ func New(cfg *Config, opts tasklauncher.Options) (*Launcher, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+
 	c := *cfg
 	c.Args = slices.Clone(cfg.Args)
 	c.Env = maps.Clone(cfg.Env)

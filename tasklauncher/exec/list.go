@@ -44,12 +44,14 @@ func (l *Launcher) ListTasks(ctx context.Context, labels map[string]string) ([]t
 // inspectProcess returns the task that process pid runs, and false when it
 // runs none or cannot be read.
 func (l *Launcher) inspectProcess(pid int) (tasklauncher.TaskInfo, bool) {
-	value, ok, err := readEnviron(pid, LabelsEnv)
-	if err != nil || !ok {
-		return tasklauncher.TaskInfo{}, false
-	}
+	// Reading the stat first skips kernel threads, whose group is 0, and
+	// most other processes without reading their environment.
 	ps, err := readProcStat(pid)
 	if err != nil || ps.pgrp != pid || !ps.live() {
+		return tasklauncher.TaskInfo{}, false
+	}
+	value, ok, err := readEnviron(pid, LabelsEnv)
+	if err != nil || !ok {
 		return tasklauncher.TaskInfo{}, false
 	}
 	var taskLabels map[string]string

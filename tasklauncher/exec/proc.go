@@ -7,15 +7,16 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // taskState is the launcher state that StartTask returns and StopTask and
 // WatchTask accept, encoded as JSON.
 //
 // PIDs are reused, so a PID alone does not identify a process after the
-// host restarts. The start time, which the kernel fixes at fork and exec
-// does not change, tells a reused PID apart; the boot ID tells apart PIDs
-// and start times of an earlier boot.
+// host restarts. The start time, which the kernel sets at fork and exec
+// does not change, distinguishes a reused PID. The boot ID distinguishes
+// PIDs and start times of an earlier boot.
 type taskState struct {
 	PID int `json:"pid"`
 	// PGID is the runner's process group, which the launcher creates with
@@ -195,10 +196,24 @@ func (l *Launcher) groupLive(st *taskState) bool {
 	return false
 }
 
+// environRetries and environRetryDelay bound the reads of an empty
+// /proc/PID/environ. The file reads empty while the process is in
+// execve(2), after the old environment is gone and before the new one is
+// in place.
+const (
+	environRetries    = 3
+	environRetryDelay = 2 * time.Millisecond
+)
+
 // readEnviron returns the value of the variable key in the initial
 // environment of process pid.
 func readEnviron(pid int, key string) (string, bool, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	path := "/proc/" + strconv.Itoa(pid) + "/environ"
+	b, err := os.ReadFile(path)
+	for i := 0; err == nil && len(b) == 0 && i < environRetries; i++ {
+		time.Sleep(environRetryDelay)
+		b, err = os.ReadFile(path)
+	}
 	if err != nil {
 		return "", false, err
 	}
@@ -210,4 +225,3 @@ func readEnviron(pid int, key string) (string, bool, error) {
 	}
 	return "", false, nil
 }
-

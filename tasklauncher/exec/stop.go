@@ -13,9 +13,9 @@ import (
 const stopPollInterval = 20 * time.Millisecond
 
 // StopTask stops the runner that state names. It sends SIGTERM to the
-// runner's process group, waits up to Config.StopGrace for the group to
-// exit, sends SIGKILL to the group if any member still runs, and returns
-// once no member runs and, for a child of this launcher, the runner is
+// runner's process group and waits up to Config.StopGrace for the group to
+// exit. If any member still runs, it sends SIGKILL to the group. It returns
+// once no member runs and, for a child of this launcher, once the runner is
 // reaped.
 //
 // It signals nothing and returns nil when the state is empty, the runner
@@ -52,11 +52,11 @@ func (l *Launcher) StopTask(ctx context.Context, state []byte) error {
 	if err := signalGroup(st.PGID, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("stop task %s: %w", st.TaskID, err)
 	}
-	gone, err := l.awaitGroupGone(ctx, st, l.stopGrace)
+	exited, err := l.awaitGroupGone(ctx, st, l.stopGrace)
 	if err != nil {
 		return fmt.Errorf("stop task %s (pid %d) after SIGTERM: %w", st.TaskID, st.PID, err)
 	}
-	if !gone {
+	if !exited {
 		log.Warn("task still running after the stop grace period; sending SIGKILL", "stop_grace", l.stopGrace)
 		if err := signalGroup(st.PGID, syscall.SIGKILL); err != nil {
 			return fmt.Errorf("stop task %s: %w", st.TaskID, err)
