@@ -287,3 +287,26 @@ func TestLoadFilesNoPaths(t *testing.T) {
 	require.False(t, diags.HasErrors())
 	require.Zero(t, set.Len())
 }
+
+func TestParseJSONProfileList(t *testing.T) {
+	src := `{"runner_profile": [{"a": {"plugin": "exec"}}, {"b": {"plugin": "exec", "default": true}}]}`
+	set, diags := ParseFormat([]byte(src), "api", FormatJSON, testRegistry())
+	require.False(t, diags.HasErrors(), diags.Error())
+	require.Equal(t, 2, set.Len())
+	def, ok := set.Default()
+	require.True(t, ok)
+	require.Equal(t, "b", def.Name)
+}
+
+func TestParseNullIsError(t *testing.T) {
+	src := `runner_profile "a" {
+  plugin = "exec"
+  env    = null
+}
+`
+	set, diags := Parse([]byte(src), "a.hcl", testRegistry())
+	require.Nil(t, set)
+	require.Len(t, diags, 1)
+	require.Equal(t, "Missing env value", diags[0].Summary)
+	require.Contains(t, diags[0].Detail, "remove it to use the default")
+}

@@ -3,6 +3,8 @@ package runnerapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"syscall"
@@ -199,7 +201,12 @@ func openStream(t *testing.T, ctx context.Context, addr, token, runnerID string)
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	stream, err := runnerpb.NewRunnerServiceClient(conn).JobStream(ctx)
 	require.NoError(t, err)
-	require.NoError(t, stream.Send(&runnerpb.JobStreamRequest{Event: &runnerpb.JobStreamRequest_Open_{Open: &runnerpb.JobStreamRequest_Open{RunnerId: runnerID}}}))
+	err = stream.Send(&runnerpb.JobStreamRequest{Event: &runnerpb.JobStreamRequest_Open_{Open: &runnerpb.JobStreamRequest_Open{RunnerId: runnerID}}})
+	if !errors.Is(err, io.EOF) {
+		// io.EOF means the server has already ended the stream; Recv
+		// returns its status.
+		require.NoError(t, err)
+	}
 	return stream
 }
 

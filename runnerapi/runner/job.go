@@ -25,6 +25,8 @@ type Job struct {
 type HandlerFunc func(ctx context.Context, job *Job, out *Output) (result []byte, err error)
 
 // ExitError is a job failure with the exit code of the process the job ran.
+// The host receives the code in its own field, so Error does not repeat it
+// when Err describes the failure.
 type ExitError struct {
 	// Code is the process exit code.
 	Code int
@@ -32,12 +34,12 @@ type ExitError struct {
 	Err error
 }
 
-// Error returns Err's message followed by the exit code.
+// Error returns Err's message, or "exit code N" when Err is nil.
 func (e *ExitError) Error() string {
 	if e.Err == nil {
 		return fmt.Sprintf("exit code %d", e.Code)
 	}
-	return fmt.Sprintf("%v (exit code %d)", e.Err, e.Code)
+	return e.Err.Error()
 }
 
 // Unwrap returns Err.

@@ -270,7 +270,7 @@ func (r *Runner) runSlot(ctx context.Context, client runnerpb.RunnerServiceClien
 
 func isAuthError(err error) bool {
 	code := status.Code(err)
-	return false && (code == codes.Unauthenticated || code == codes.PermissionDenied)
+	return code == codes.Unauthenticated || code == codes.PermissionDenied
 }
 
 func authError(runnerID string, err error) error {

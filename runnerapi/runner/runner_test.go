@@ -115,6 +115,27 @@ func TestOnDemandRunnerCompletesOneJob(t *testing.T) {
 	require.Equal(t, 1, host.streamCount(), "an on-demand runner opens one stream for its one job")
 }
 
+func TestOutputSentBeforeComplete(t *testing.T) {
+	host := newScriptedHost()
+	addr := serveHost(t, host)
+	host.jobs <- scriptedJob{id: "job-1", kind: "echo"}
+	r := newTestRunner(t, testConfig(addr, t.Output()))
+	// Fewer lines than a batch, written just before the handler returns:
+	// only the flush before Complete sends them.
+	r.Handle("echo", func(_ context.Context, _ *Job, out *Output) ([]byte, error) {
+		out.Line(Stdout, "one")
+		out.Line(Stderr, "two")
+		return nil, nil
+	})
+
+	_, done := startRunner(t, r)
+	require.NoError(t, awaitRun(t, done))
+
+	rec := host.awaitFinished(t)
+	require.Equal(t, []string{"stdout:one", "stderr:two"}, outputLines(rec))
+	require.Nil(t, completeOf(t, rec).GetError())
+}
+
 func TestTokenSentAsBearerMetadata(t *testing.T) {
 	host := newScriptedHost()
 	addr := serveHost(t, host)
@@ -139,7 +160,7 @@ func TestHandlerErrorReachesHost(t *testing.T) {
 		{
 			name:         "wrapped exit error",
 			err:          fmt.Errorf("build: %w", &ExitError{Code: 3, Err: errors.New("make failed")}),
-			wantMessage:  "build: make failed (exit code 3)",
+			wantMessage:  "build: make failed",
 			wantExitCode: ptr(int32(3)),
 		},
 		{

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -732,4 +733,21 @@ func TestStateRecordsStartTime(t *testing.T) {
 	require.Equal(t, readBootID(), st.BootID)
 	require.Equal(t, "task-1", st.TaskID)
 	require.Equal(t, "runner-1", st.RunnerID)
+}
+
+func TestWatchTaskReturnsWhilePipesHeldOpen(t *testing.T) {
+	l, logs := newTestLauncher(t, nil)
+	// The background sleep keeps stdout open after the shell exits.
+	state := startTask(t, l, shell(`sleep 1000 & echo $!`, nil))
+	stopOnCleanup(t, l, state)
+
+	lines, exit := watchAll(t, l, state)
+
+	stdout := linesOf(lines, tasklauncher.Stdout)
+	require.Len(t, stdout, 1)
+	leftPID, err := strconv.Atoi(stdout[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = syscall.Kill(leftPID, syscall.SIGKILL) })
+	require.Equal(t, 0, exit.Code)
+	require.Contains(t, logs.String(), "keeps its output open")
 }

@@ -11,7 +11,10 @@
 // start and then follow it. Lines longer than 64 KiB are split into parts
 // of 64 KiB. The order of lines within one stream is kept. Lines of stdout
 // and stderr are interleaved in the order the launcher read them, which can
-// differ from the order the child wrote them.
+// differ from the order the child wrote them. A process that the runner
+// leaves behind can keep the pipes open after the runner exits. The
+// launcher stops reading them 2 seconds after the exit, so that WatchTask
+// returns.
 //
 // # State
 //

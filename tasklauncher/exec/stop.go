@@ -52,6 +52,10 @@ func (l *Launcher) StopTask(ctx context.Context, state []byte) error {
 	if err := signalGroup(st.PGID, syscall.SIGTERM); err != nil {
 		return fmt.Errorf("stop task %s: %w", st.TaskID, err)
 	}
+	// A stopped process handles SIGTERM only once it continues.
+	if err := signalGroup(st.PGID, syscall.SIGCONT); err != nil {
+		return fmt.Errorf("stop task %s: %w", st.TaskID, err)
+	}
 	exited, err := l.awaitGroupGone(ctx, st, l.stopGrace)
 	if err != nil {
 		return fmt.Errorf("stop task %s (pid %d) after SIGTERM: %w", st.TaskID, st.PID, err)
