@@ -114,7 +114,7 @@ func (c Config) problems() []configProblem {
 	case c.ServerAddr == "":
 		add("ServerAddr", "is empty: set it to the host:port of the runner API")
 	case strings.Contains(c.ServerAddr, "://"):
-		// A gRPC target URI; grpc.NewClient parses it.
+		// A gRPC target URI, which grpc.NewClient parses.
 	default:
 		if _, port, err := net.SplitHostPort(c.ServerAddr); err != nil || port == "" {
 			add("ServerAddr", "%q is not a host:port: set it to the host and port of the runner API, such as \"odrkit.example.com:9090\"", c.ServerAddr)
@@ -201,8 +201,8 @@ var envFields = map[string]string{
 }
 
 // ConfigFromEnv builds a Config from the ODRKIT_* environment variables and
-// validates it. Its errors name the variable and how to fix it; they never
-// contain the token. Logger and DialOptions are left for the caller to set.
+// validates it. Its errors name the variable and how to fix it, and they
+// never contain the token. Logger and DialOptions are left for the caller to set.
 func ConfigFromEnv() (Config, error) {
 	var (
 		cfg  Config

@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
+	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -45,7 +47,7 @@ func transportCredentials(cfg Config) (credentials.TransportCredentials, error) 
 	}
 	tlsConfig := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: cfg.TLSSkipVerify, //nolint:gosec // Development only; Run logs a warning.
+		InsecureSkipVerify: cfg.TLSSkipVerify, //nolint:gosec // Development only, and Run logs a warning.
 	}
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
@@ -66,6 +68,18 @@ func dialOptions(cfg Config, transport credentials.TransportCredentials) []grpc.
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(bearerToken{token: cfg.Token, requireTLS: cfg.TLS}),
+		// gRPC's default reconnect backoff (backoff.DefaultConfig) grows
+		// to 120 seconds, which would delay the runner's retries long
+		// after the host is back. Cap it like the runner's retries.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: grpcbackoff.Config{
+				BaseDelay:  minBackoff,
+				Multiplier: 2,
+				Jitter:     0.2,
+				MaxDelay:   maxBackoff,
+			},
+			MinConnectTimeout: 20 * time.Second,
+		}),
 	}
 	return append(opts, cfg.DialOptions...)
 }

@@ -36,6 +36,9 @@ type scriptedJob struct {
 	heartbeatMS int64
 	// cancelReason, when set, makes the host send Cancel right after Ack.
 	cancelReason string
+	// abortAfterAck makes the host end the stream with codes.Aborted right
+	// after Ack, as when it gives the job up.
+	abortAfterAck bool
 }
 
 // streamRecord is what the scriptedHost saw on one JobStream call.
@@ -133,6 +136,9 @@ func (h *scriptedHost) JobStream(stream runnerpb.RunnerService_JobStreamServer) 
 		rec.requests = append(rec.requests, msg)
 		switch msg.GetEvent().(type) {
 		case *runnerpb.JobStreamRequest_Ack_:
+			if job.abortAfterAck {
+				return status.Error(codes.Aborted, "the host ended the assignment")
+			}
 			if job.cancelReason != "" {
 				cancel := &runnerpb.JobStreamResponse_Cancel{Reason: job.cancelReason}
 				if err := stream.Send(&runnerpb.JobStreamResponse{Event: &runnerpb.JobStreamResponse_Cancel_{Cancel: cancel}}); err != nil {

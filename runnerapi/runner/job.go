@@ -9,7 +9,7 @@ import (
 type Job struct {
 	// ID is the host's job ID.
 	ID string
-	// Kind names the operation; it selected the handler.
+	// Kind names the operation and selected the handler.
 	Kind string
 	// Payload is the job's input, in a format the host defines for Kind.
 	Payload []byte

@@ -12,7 +12,7 @@ import (
 	"github.com/odrkit/odrkit/runnerapi/runnerpb"
 )
 
-// Limits on output lines and batches. A batch is one Output message;
+// Limits on output lines and batches. A batch is one Output message, and
 // maxBatchBytes keeps it well below the 4 MiB that a gRPC server accepts by
 // default.
 const (

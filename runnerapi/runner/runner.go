@@ -86,7 +86,7 @@ func New(cfg Config) (*Runner, error) {
 }
 
 // Handle registers h for jobs of the given kind. Register handlers before
-// Run; a job whose kind has no handler is rejected with Nack. Handle panics
+// Run. A job whose kind has no handler is rejected with Nack. Handle panics
 // when kind is empty, h is nil, or kind already has a handler.
 func (r *Runner) Handle(kind string, h HandlerFunc) {
 	if kind == "" {

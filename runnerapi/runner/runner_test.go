@@ -270,6 +270,28 @@ func TestHostCancelCancelsHandler(t *testing.T) {
 	require.Nil(t, jobErr.ExitCode)
 }
 
+func TestBrokenStreamCancelsHandler(t *testing.T) {
+	host := newScriptedHost()
+	addr := serveHost(t, host)
+	host.jobs <- scriptedJob{id: "job-1", kind: "wait", abortAfterAck: true}
+	handlerErr := make(chan error, 1)
+	r := newTestRunner(t, testConfig(addr, t.Output()))
+	r.Handle("wait", func(ctx context.Context, job *Job, out *Output) ([]byte, error) {
+		result, err := waitForCancel(ctx, job, out)
+		handlerErr <- context.Cause(ctx)
+		return result, err
+	})
+
+	_, done := startRunner(t, r)
+	err := awaitRun(t, done)
+	require.ErrorContains(t, err, "job job-1 was not delivered")
+	require.Equal(t, codes.Aborted, status.Code(err))
+
+	cause := <-handlerErr
+	require.ErrorContains(t, cause, "job stream broke")
+	require.Equal(t, codes.Aborted, status.Code(cause))
+}
+
 func TestRunCancelCompletesRunningJob(t *testing.T) {
 	host := newScriptedHost()
 	addr := serveHost(t, host)

@@ -25,7 +25,7 @@ type streamResult struct {
 	assigned bool
 	jobID    string
 	kind     string
-	// rejected is set when the runner answered the Assignment with Nack.
+	// rejected is set when the runner rejected the Assignment with Nack.
 	rejected bool
 }
 
@@ -96,7 +96,7 @@ func (r *Runner) takeJob(ctx context.Context, client runnerpb.RunnerServiceClien
 		res.rejected = true
 		return res, r.rejectJob(stream, cancelStream, job)
 	}
-	return res, r.runJob(ctx, stream, cancelStream, assignment, handler, job)
+	return res, r.runJob(ctx, streamCtx, stream, cancelStream, assignment, handler, job)
 }
 
 // awaitAssignment reads until the host assigns a job.
@@ -120,7 +120,7 @@ func (r *Runner) awaitAssignment(stream runnerpb.RunnerService_JobStreamClient) 
 	}
 }
 
-// rejectJob answers an assignment with Nack and waits for the host to close
+// rejectJob rejects an assignment with Nack and waits for the host to close
 // the stream.
 func (r *Runner) rejectJob(stream runnerpb.RunnerService_JobStreamClient, cancelStream context.CancelFunc, job *Job) error {
 	message := fmt.Sprintf("no handler registered for job kind %q", job.Kind)
@@ -146,10 +146,10 @@ func (r *Runner) rejectJob(stream runnerpb.RunnerService_JobStreamClient, cancel
 }
 
 // runJob acknowledges an assignment, runs the handler and reports its
-// completion. It returns nil when the host closed the stream after
+// completion. ctx is Run's context and streamCtx the stream's. It returns nil when the host closed the stream after
 // Complete, which means the job was delivered.
 func (r *Runner) runJob(
-	ctx context.Context,
+	ctx, streamCtx context.Context,
 	stream runnerpb.RunnerService_JobStreamClient,
 	cancelStream context.CancelFunc,
 	assignment *runnerpb.JobStreamResponse_Assignment,
@@ -164,7 +164,9 @@ func (r *Runner) runJob(
 	log.Info("job started")
 	started := time.Now()
 
-	jobCtx, cancelJob := context.WithCancelCause(stream.Context())
+	// Derived from streamCtx, not stream.Context(), because gRPC cancels
+	// the latter without a cause as soon as the stream ends.
+	jobCtx, cancelJob := context.WithCancelCause(streamCtx)
 	defer cancelJob(nil)
 	stopShutdown := afterGrace(ctx, shutdownGrace,
 		func() { cancelJob(fmt.Errorf("runner is stopping: %w", context.Cause(ctx))) },
@@ -199,8 +201,8 @@ func (r *Runner) runJob(
 		cancelStream()
 		recvErr := <-recvDone
 		if errors.Is(err, io.EOF) && recvErr != nil && !errors.Is(recvErr, io.EOF) {
-			// Send reports only io.EOF on a broken stream; Recv has the
-			// status.
+			// Send reports a broken stream only as io.EOF, so the
+			// status comes from Recv.
 			err = recvErr
 		}
 		log.Warn("job completed but its completion was not delivered", "error", err)
@@ -280,8 +282,8 @@ func completion(jobCtx context.Context, result []byte, jobErr error) *runnerpb.J
 	}
 
 	message := jobErr.Error()
-	// A handler that returns ctx.Err() reports only "context canceled"; the
-	// cause tells who cancelled the job and why.
+	// A handler that returns ctx.Err() reports only "context canceled", so
+	// the message starts with the cause, which names who cancelled the job.
 	cause := context.Cause(jobCtx)
 	if cause != nil && errors.Is(jobErr, context.Canceled) && !errors.Is(context.Canceled, cause) {
 		switch {
@@ -315,28 +317,37 @@ func sendBeforeJob(stream runnerpb.RunnerService_JobStreamClient, msg *runnerpb.
 }
 
 // afterGrace calls now as soon as ctx is done, and later grace after that.
-// The returned stop prevents the calls that have not started yet.
+// The returned stop prevents the calls that have not started yet and waits
+// for those that have.
 func afterGrace(ctx context.Context, grace time.Duration, now, later func()) (stop func()) {
 	var (
-		mu      sync.Mutex
-		stopped bool
-		timer   *time.Timer
+		mu        sync.Mutex
+		stopped   bool
+		timer     *time.Timer
+		nowDone   = make(chan struct{})
+		laterDone = make(chan struct{})
 	)
 	stopAfter := context.AfterFunc(ctx, func() {
+		defer close(nowDone)
 		now()
 		mu.Lock()
 		defer mu.Unlock()
 		if !stopped {
-			timer = time.AfterFunc(grace, later)
+			timer = time.AfterFunc(grace, func() {
+				defer close(laterDone)
+				later()
+			})
 		}
 	})
 	return func() {
-		stopAfter()
+		if !stopAfter() {
+			<-nowDone
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		stopped = true
-		if timer != nil {
-			timer.Stop()
+		if timer != nil && !timer.Stop() {
+			<-laterDone
 		}
 	}
 }

@@ -23,7 +23,7 @@ import (
 )
 
 // selfSignedCert returns a certificate for 127.0.0.1 and the path of a PEM
-// file that holds it, for use as CAFile.
+// file that contains it, for use as CAFile.
 func selfSignedCert(t *testing.T) (tls.Certificate, string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

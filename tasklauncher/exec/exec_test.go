@@ -236,7 +236,7 @@ func TestWatchTaskNotFound(t *testing.T) {
 	other, _ := newTestLauncher(t, nil)
 	state := startTask(t, l, shell("exit 0", nil))
 	watchAll(t, l, state)
-	// StopTask forgets the exited task, which was reaped.
+	// StopTask drops the exited and reaped task from the launcher.
 	require.NoError(t, l.StopTask(testContext(t), state))
 
 	_, err := l.WatchTask(testContext(t), state, func(tasklauncher.OutputLine) {})
