@@ -359,16 +359,21 @@ func (a *Assignment) current() (*entry, error) {
 // Ack accepts the assignment: the job is RUNNING from now on.
 func (a *Assignment) Ack(ctx context.Context) error {
 	m := a.m
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e, err := a.current()
-	if err != nil {
-		return err
-	}
-	if e.job.State != StateWaiting {
-		return fmt.Errorf("ack job %s: job is %s, not WAITING", e.job.ID, e.job.State)
-	}
-	c := m.newChange()
+	return m.update(ctx, func(c *change) error {
+		e, err := a.current()
+		if err != nil {
+			return err
+		}
+		if e.job.State != StateWaiting {
+			return fmt.Errorf("ack job %s: job is %s, not WAITING", e.job.ID, e.job.State)
+		}
+		a.ack(c, e)
+		return nil
+	})
+}
+
+func (a *Assignment) ack(c *change, e *entry) {
+	m := a.m
 	j := c.job(e.job.ID)
 	j.State = StateRunning
 	j.AckedAt = c.now
@@ -385,22 +390,19 @@ func (a *Assignment) Ack(ctx context.Context) error {
 			a.requestCancel("cancelled by request")
 		}
 	})
-	return c.commit(ctx)
 }
 
 // Nack rejects the assignment; the job is queued again for any runner its
 // target allows, including this one.
 func (a *Assignment) Nack(ctx context.Context, message string) error {
-	m := a.m
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e, err := a.current()
-	if err != nil {
-		return err
-	}
-	c := m.newChange()
-	c.requeue(e.job.ID, a.attempt, "runner "+a.session.RunnerID+" rejected the job: "+message)
-	return c.commit(ctx)
+	return a.m.update(ctx, func(c *change) error {
+		e, err := a.current()
+		if err != nil {
+			return err
+		}
+		c.requeue(e.job.ID, a.attempt, "runner "+a.session.RunnerID+" rejected the job: "+message)
+		return nil
+	})
 }
 
 // OutputLine is one line of job output.
@@ -413,21 +415,20 @@ type OutputLine struct {
 // heartbeat.
 func (a *Assignment) Output(ctx context.Context, lines []OutputLine) error {
 	m := a.m
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e, err := a.current()
-	if err != nil {
-		return err
-	}
-	if e.job.State != StateRunning {
-		return fmt.Errorf("output for job %s: job is %s; acknowledge it first", e.job.ID, e.job.State)
-	}
-	c := m.newChange()
-	for _, l := range lines {
-		c.addEvent(Event{JobID: e.job.ID, Type: EventOutput, Stream: l.Stream, Line: l.Line, State: StateRunning})
-	}
-	c.then(func() { m.touchHeartbeat(e, a) })
-	return c.commit(ctx)
+	return m.update(ctx, func(c *change) error {
+		e, err := a.current()
+		if err != nil {
+			return err
+		}
+		if e.job.State != StateRunning {
+			return fmt.Errorf("output for job %s: job is %s; acknowledge it first", e.job.ID, e.job.State)
+		}
+		for _, l := range lines {
+			c.addEvent(Event{JobID: e.job.ID, Type: EventOutput, Stream: l.Stream, Line: l.Line, State: StateRunning})
+		}
+		c.then(func() { m.touchHeartbeat(e, a) })
+		return nil
+	})
 }
 
 // Heartbeat tells the Manager the runner is alive.
@@ -453,17 +454,20 @@ func (m *Manager) touchHeartbeat(e *entry, a *Assignment) {
 // is set by the Manager: ReasonJobFailed, or ReasonCancelled when the job
 // was cancelled.
 func (a *Assignment) Complete(ctx context.Context, result []byte, failure *JobError) error {
-	m := a.m
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e, err := a.current()
-	if err != nil {
-		return err
-	}
-	if e.job.State != StateRunning {
-		return fmt.Errorf("complete job %s: job is %s; acknowledge it first", e.job.ID, e.job.State)
-	}
-	c := m.newChange()
+	return a.m.update(ctx, func(c *change) error {
+		e, err := a.current()
+		if err != nil {
+			return err
+		}
+		if e.job.State != StateRunning {
+			return fmt.Errorf("complete job %s: job is %s; acknowledge it first", e.job.ID, e.job.State)
+		}
+		a.complete(c, e, result, failure)
+		return nil
+	})
+}
+
+func (a *Assignment) complete(c *change, e *entry, result []byte, failure *JobError) {
 	switch {
 	case e.job.CancelRequested:
 		msg := "cancelled by request"
@@ -480,7 +484,6 @@ func (a *Assignment) Complete(ctx context.Context, result []byte, failure *JobEr
 	default:
 		c.finish(e.job.ID, result, nil)
 	}
-	return c.commit(ctx)
 }
 
 // Abandon tells the Manager the runner's connection to the job is gone. A

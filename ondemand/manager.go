@@ -17,6 +17,11 @@ import (
 // ErrClosed is returned by Manager methods called after Close.
 var ErrClosed = errors.New("manager is closed")
 
+// ErrStoreFailed is wrapped by the errors of all changes after a store
+// write failed. The Manager must be closed and created again, which reloads
+// its state from the store.
+var ErrStoreFailed = errors.New("store write failed")
+
 // ErrInvalidJob is wrapped by Submit errors about the job spec. The message
 // names the field and the fix.
 var ErrInvalidJob = errors.New("invalid job")
@@ -33,6 +38,7 @@ type Manager struct {
 	cfg        Config
 	logger     *slog.Logger
 	store      Store
+	committer  *committer
 	signer     *tokenSigner
 	launchExec *LaunchExecutor
 	now        func() time.Time
@@ -42,8 +48,11 @@ type Manager struct {
 	stopEmbedded   context.CancelFunc
 	embeddedActive sync.WaitGroup
 
-	mu      sync.Mutex
-	closed  bool
+	mu     sync.Mutex
+	closed bool
+	// storeErr is set when a store write failed; every later change is
+	// rejected with it.
+	storeErr error
 	jobs    map[string]*entry
 	tasks   map[string]*Task
 	byRunID map[string]string // runner ID -> task ID
@@ -55,8 +64,11 @@ type Manager struct {
 
 // entry is the Manager's in-memory state of one job.
 type entry struct {
-	job     *Job
-	lastSeq int64
+	job *Job
+	// lastSeq is the Seq of the job's last event; durableSeq is the Seq of
+	// its last event the store has committed.
+	lastSeq    int64
+	durableSeq int64
 	// changed is closed and replaced whenever the job gets a new event.
 	changed chan struct{}
 	// elem is the job's place in the dispatch queue, nil when not queued.
@@ -100,9 +112,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Launchers != nil {
 		m.launchExec = NewLaunchExecutor(cfg.Launchers, cfg.Logger)
 	}
+	m.committer = newCommitter(m)
 	if err := m.load(ctx); err != nil {
 		return nil, err
 	}
+	go m.committer.run()
 	embeddedCtx, stop := context.WithCancel(context.Background())
 	m.stopEmbedded = stop
 	if m.launchExec != nil {
@@ -141,7 +155,10 @@ func (m *Manager) load(ctx context.Context) error {
 	}
 	for id, e := range m.jobs {
 		err := m.store.View(ctx, func(tx ReadTx) error {
-			return tx.Events(id, 0, func(ev Event) bool { e.lastSeq = ev.Seq; return true })
+			return tx.Events(id, 0, func(ev Event) bool {
+				e.lastSeq, e.durableSeq = ev.Seq, ev.Seq
+				return true
+			})
 		})
 		if err != nil {
 			return fmt.Errorf("ondemand: load events of job %s: %w", id, err)
@@ -191,7 +208,12 @@ func (m *Manager) Submit(ctx context.Context, spec JobSpec) (*Job, error) {
 		return nil, err
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			m.mu.Unlock()
+		}
+	}()
 	if m.closed {
 		return nil, ErrClosed
 	}
@@ -221,11 +243,17 @@ func (m *Manager) Submit(ctx context.Context, spec JobSpec) (*Job, error) {
 		}
 		job = m.addTask(c, spec, p)
 	}
-	if err := c.commit(ctx); err != nil {
+	if err := c.commit(); err != nil {
+		return nil, fmt.Errorf("submit job %s: %w", spec.ID, err)
+	}
+	job = job.Clone()
+	m.mu.Unlock()
+	locked = false
+	if err := c.wait(ctx); err != nil {
 		return nil, fmt.Errorf("submit job %s: %w", spec.ID, err)
 	}
 	m.logger.Info("job submitted", "job", job.ID, "kind", job.Kind, "task", job.TaskID, "profile", job.Profile)
-	return job.Clone(), nil
+	return job, nil
 }
 
 func (m *Manager) checkSpec(spec JobSpec) error {
@@ -348,15 +376,22 @@ func (m *Manager) Watch(ctx context.Context, id string) iter.Seq2[Event, error] 
 				yield(Event{}, notFound("job", id))
 				return
 			}
-			last, terminal, changed := e.lastSeq, e.job.State.Terminal(), e.changed
+			// Only stored events are visible, so a watcher never sees an
+			// event that a crash could take back.
+			last, durable, terminal, changed := e.lastSeq, e.durableSeq, e.job.State.Terminal(), e.changed
+			storeErr := m.storeErr
 			m.mu.Unlock()
+			if storeErr != nil && after >= durable {
+				yield(Event{}, storeErr)
+				return
+			}
 
-			if after < last {
+			if after < durable {
 				var events []Event
 				err := m.store.View(ctx, func(tx ReadTx) error {
 					return tx.Events(id, after, func(ev Event) bool {
 						events = append(events, ev)
-						return ev.Seq < last
+						return ev.Seq < durable
 					})
 				})
 				if err != nil {
@@ -371,7 +406,7 @@ func (m *Manager) Watch(ctx context.Context, id string) iter.Seq2[Event, error] 
 				}
 				continue
 			}
-			if terminal {
+			if terminal && after >= last {
 				return
 			}
 			select {
@@ -394,18 +429,17 @@ func (m *Manager) Watch(ctx context.Context, id string) iter.Seq2[Event, error] 
 // begun, and its task is stopped either way. Cancelling a terminal job
 // does nothing.
 func (m *Manager) Cancel(ctx context.Context, id string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return ErrClosed
-	}
-	e := m.jobs[id]
-	if e == nil {
-		return notFound("job", id)
-	}
-	c := m.newChange()
-	c.cancel(id, "cancelled by request")
-	if err := c.commit(ctx); err != nil {
+	err := m.update(ctx, func(c *change) error {
+		if m.closed {
+			return ErrClosed
+		}
+		if m.jobs[id] == nil {
+			return notFound("job", id)
+		}
+		c.cancel(id, "cancelled by request")
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("cancel job %s: %w", id, err)
 	}
 	return nil
@@ -432,11 +466,13 @@ func (m *Manager) Close() error {
 
 	m.stopEmbedded()
 	m.embeddedActive.Wait()
+	m.committer.close()
+	var err error
 	if m.launchExec != nil {
-		return m.launchExec.Close()
+		err = m.launchExec.Close()
 	}
 	m.logger.Info("manager closed")
-	return nil
+	return err
 }
 
 // apply moves a stored change into memory. Called with m.mu held.
