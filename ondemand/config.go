@@ -7,6 +7,9 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
 	"github.com/odrkit/odrkit/profile"
 	"github.com/odrkit/odrkit/tasklauncher"
 )
@@ -18,6 +21,9 @@ const (
 	DefaultHeartbeatTimeout  = 30 * time.Second
 	DefaultCancelGrace       = 10 * time.Second
 	DefaultLaunchConcurrency = 32
+	DefaultReconcileInterval = 5 * time.Minute
+	DefaultStopRetries       = 5
+	DefaultRetryBackoff      = time.Second
 	// DefaultTokenJobDuration is added to the startup timeout to compute
 	// the lifetime of an on-demand runner's token when its job has no
 	// MaxDuration.
@@ -85,6 +91,25 @@ type Config struct {
 	// because each lasts as long as its task.
 	LaunchConcurrency int
 
+	// ReconcileInterval is how often the Manager looks for platform
+	// resources that no task owns and stops them; it also does so at
+	// start. Default: 5 minutes.
+	ReconcileInterval time.Duration
+
+	// StopRetries is how many times a failed StopTask is tried again,
+	// with backoff, before its task is reported as a possible orphan.
+	// Default: 5.
+	StopRetries int
+
+	// RetryBackoff is the wait before the first retry of a failed
+	// StartTask or StopTask; each later retry waits twice as long, up to
+	// 30 seconds. Default: 1 second.
+	RetryBackoff time.Duration
+
+	// MeterProvider receives the Manager's metrics. Default: a no-op
+	// provider.
+	MeterProvider metric.MeterProvider
+
 	// Logger receives the Manager's log records. Default: discard.
 	Logger *slog.Logger
 }
@@ -114,6 +139,18 @@ func (c Config) withDefaults() Config {
 	if c.LaunchConcurrency == 0 {
 		c.LaunchConcurrency = DefaultLaunchConcurrency
 	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = DefaultReconcileInterval
+	}
+	if c.StopRetries == 0 {
+		c.StopRetries = DefaultStopRetries
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = DefaultRetryBackoff
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = noop.NewMeterProvider()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -132,6 +169,11 @@ func (c Config) validate() error {
 	positive("HeartbeatTimeout", c.HeartbeatTimeout)
 	positive("HeartbeatInterval", c.HeartbeatInterval)
 	positive("CancelGrace", c.CancelGrace)
+	positive("ReconcileInterval", c.ReconcileInterval)
+	positive("RetryBackoff", c.RetryBackoff)
+	if c.StopRetries < 0 {
+		errs = append(errs, fmt.Errorf("Config.StopRetries is %d; set a positive number or zero for the default of %d", c.StopRetries, DefaultStopRetries))
+	}
 	if c.HeartbeatInterval >= c.HeartbeatTimeout {
 		errs = append(errs, fmt.Errorf("Config.HeartbeatInterval (%s) must be shorter than Config.HeartbeatTimeout (%s), or runners time out between heartbeats", c.HeartbeatInterval, c.HeartbeatTimeout))
 	}

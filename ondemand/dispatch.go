@@ -87,22 +87,28 @@ func (q *dispatchQueue) remove(e *entry) {
 	}
 }
 
-// find returns the oldest job the session may take: by runner ID first,
-// then by labels, then any.
-func (q *dispatchQueue) find(s *RunnerSession) *entry {
-	if l := q.byRunner[s.RunnerID]; l != nil && l.Len() > 0 {
-		return l.Front().Value.(*entry)
+// find returns the oldest job the session may take and that ok accepts:
+// by runner ID first, then by labels, then any.
+func (q *dispatchQueue) find(s *RunnerSession, ok func(*entry) bool) *entry {
+	if l := q.byRunner[s.RunnerID]; l != nil {
+		for el := l.Front(); el != nil; el = el.Next() {
+			if e := el.Value.(*entry); ok(e) {
+				return e
+			}
+		}
 	}
 	if s.OnDemand {
 		return nil
 	}
 	for el := q.labelled.Front(); el != nil; el = el.Next() {
-		if e := el.Value.(*entry); s.canTake(e.job) {
+		if e := el.Value.(*entry); s.canTake(e.job) && ok(e) {
 			return e
 		}
 	}
-	if el := q.any.Front(); el != nil {
-		return el.Value.(*entry)
+	for el := q.any.Front(); el != nil; el = el.Next() {
+		if e := el.Value.(*entry); ok(e) {
+			return e
+		}
 	}
 	return nil
 }
@@ -110,13 +116,40 @@ func (q *dispatchQueue) find(s *RunnerSession) *entry {
 // HeldJobs returns the number of jobs in the holding set: queued, ready,
 // and bound to a runner ID.
 func (m *Manager) HeldJobs() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := 0
-	for _, l := range m.queue.byRunner {
-		n += l.Len()
+	held, _ := m.queueSizes()
+	return held
+}
+
+// canDispatch reports whether a ready job may be assigned now. Only the
+// start job of a task not yet counted is limited, by its profile's
+// max_concurrent. Called with m.mu held.
+func (m *Manager) canDispatch(e *entry) bool {
+	j := e.job
+	if j.Role != RoleStart {
+		return true
 	}
-	return n
+	t := m.tasks[j.TaskID]
+	if t == nil || t.active() {
+		return true
+	}
+	p, err := m.profile(j.Profile)
+	if err != nil || p.MaxConcurrent == 0 {
+		return true
+	}
+	return m.activeTasks[j.Profile] < p.MaxConcurrent
+}
+
+// dispatchWaiting gives queued jobs to waiting runners, after something
+// other than a new job made a queued job dispatchable. Called with m.mu
+// held.
+func (m *Manager) dispatchWaiting() {
+	for el := m.waiters.all.Front(); el != nil; {
+		w := el.Value.(*waiter)
+		el = el.Next()
+		if e := m.queue.find(&w.session, m.canDispatch); e != nil {
+			m.assign(e, w)
+		}
+	}
 }
 
 // waiter is a runner blocked in NextAssignment.
@@ -187,7 +220,10 @@ func (m *Manager) reindex(e *entry) {
 		m.queue.remove(e)
 	case e.elem == nil && ready:
 		m.queue.push(e)
-		if w := m.waiters.find(e.job); w != nil && !m.closed {
+		if !m.canDispatch(e) || m.closed {
+			return
+		}
+		if w := m.waiters.find(e.job); w != nil {
 			m.assign(e, w)
 		}
 	}
@@ -268,6 +304,10 @@ func (m *Manager) assign(e *entry, w *waiter) {
 	}
 	a.Job = j.Clone()
 	a.Job.Payload = payload
+	if t := m.tasks[j.TaskID]; j.Role == RoleJob && t != nil && !t.StartupDeadline.IsZero() {
+		launched := t.StartupDeadline.Add(-m.startupTimeout(t.Profile))
+		c.then(func() { m.metrics.launchLatency.Record(context.Background(), c.now.Sub(launched).Seconds()) })
+	}
 	c.then(func() {
 		m.waiters.remove(w)
 		e.assignment = a
@@ -296,7 +336,7 @@ func (m *Manager) NextAssignment(ctx context.Context, s RunnerSession) (*Assignm
 	}
 	w := &waiter{session: s, assigned: make(chan *Assignment, 1)}
 	m.waiters.add(w)
-	if e := m.queue.find(&s); e != nil {
+	if e := m.queue.find(&s, m.canDispatch); e != nil {
 		m.assign(e, w)
 	}
 	m.mu.Unlock()

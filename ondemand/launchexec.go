@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/odrkit/odrkit/tasklauncher"
 )
@@ -30,6 +31,42 @@ type launchPayload struct {
 	Config json.RawMessage          `json:"config"`
 	Info   *tasklauncher.LaunchInfo `json:"info,omitempty"`
 	State  []byte                   `json:"state,omitempty"`
+	// Cleanup asks a start job to first stop what an earlier attempt of
+	// the same task left behind.
+	Cleanup bool `json:"cleanup,omitempty"`
+	// Retries is how often a start job retries a transient StartTask
+	// error, or a stop job a StopTask error.
+	Retries int `json:"retries,omitempty"`
+	// RetryBackoff is the wait before the first retry.
+	RetryBackoff time.Duration `json:"retry_backoff,omitempty"`
+}
+
+// maxRetryBackoff caps the wait between retries.
+const maxRetryBackoff = 30 * time.Second
+
+// backoff returns the wait before retry number n, counted from 0.
+func (p *launchPayload) backoff(n int) time.Duration {
+	d := max(p.RetryBackoff, time.Millisecond)
+	for range n {
+		d *= 2
+		if d >= maxRetryBackoff {
+			return maxRetryBackoff
+		}
+	}
+	return d
+}
+
+// sleep waits for d or until ctx ends, and reports whether the wait ended
+// normally.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // watchResult is the result of a watch job.
@@ -88,7 +125,7 @@ func (x *LaunchExecutor) Execute(ctx context.Context, kind string, payload []byt
 		if p.Info == nil {
 			return nil, fmt.Errorf("%s payload has no launch info", kind)
 		}
-		return l.StartTask(ctx, p.Info)
+		return x.start(ctx, l, &p, output)
 	case KindWatchTask:
 		w, ok := l.(tasklauncher.Watcher)
 		if !ok || len(p.State) == 0 {
@@ -103,9 +140,54 @@ func (x *LaunchExecutor) Execute(ctx context.Context, kind string, payload []byt
 		if len(p.State) == 0 {
 			return nil, nil
 		}
-		return nil, l.StopTask(ctx, p.State)
+		return nil, x.stop(ctx, l, &p, output)
 	}
 	return nil, fmt.Errorf("job kind %q is not a launch operation; expected one of %v", kind, LaunchKinds())
+}
+
+// start runs StartTask, retrying transient errors as the payload allows.
+func (x *LaunchExecutor) start(ctx context.Context, l tasklauncher.Launcher, p *launchPayload, output func(tasklauncher.OutputLine)) ([]byte, error) {
+	if p.Cleanup {
+		if err := cleanupEarlierAttempt(ctx, l, p.Info.TaskID); err != nil {
+			return nil, err
+		}
+	}
+	for n := 0; ; n++ {
+		state, err := l.StartTask(ctx, p.Info)
+		if err == nil || !tasklauncher.IsTransient(err) || n >= p.Retries {
+			return state, err
+		}
+		wait := p.backoff(n)
+		x.logger.Warn("StartTask failed with a transient error; retrying", "task", p.Info.TaskID, "retry", n+1, "of", p.Retries, "in", wait, "error", err)
+		output(tasklauncher.OutputLine{Stream: tasklauncher.Stderr, Line: fmt.Sprintf("launch failed with a transient error, retry %d of %d in %s: %v", n+1, p.Retries, wait, err)})
+		if len(state) > 0 {
+			if err := l.StopTask(ctx, state); err != nil {
+				return nil, fmt.Errorf("stop the failed launch before retrying: %w", err)
+			}
+		}
+		if !sleep(ctx, wait) {
+			return nil, fmt.Errorf("launch retry cancelled: %w (last error: %w)", ctx.Err(), err)
+		}
+	}
+}
+
+// stop runs StopTask, retrying any error as the payload allows.
+func (x *LaunchExecutor) stop(ctx context.Context, l tasklauncher.Launcher, p *launchPayload, output func(tasklauncher.OutputLine)) error {
+	for n := 0; ; n++ {
+		err := l.StopTask(ctx, p.State)
+		if err == nil {
+			return nil
+		}
+		if n >= p.Retries {
+			return fmt.Errorf("stop failed after %d attempts: %w", n+1, err)
+		}
+		wait := p.backoff(n)
+		x.logger.Warn("StopTask failed; retrying", "retry", n+1, "of", p.Retries, "in", wait, "error", err)
+		output(tasklauncher.OutputLine{Stream: tasklauncher.Stderr, Line: fmt.Sprintf("stop failed, retry %d of %d in %s: %v", n+1, p.Retries, wait, err)})
+		if !sleep(ctx, wait) {
+			return fmt.Errorf("stop retry cancelled: %w (last error: %w)", ctx.Err(), err)
+		}
+	}
 }
 
 func (x *LaunchExecutor) launcher(plugin string, config json.RawMessage) (tasklauncher.Launcher, error) {

@@ -1,6 +1,7 @@
 package ondemand
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -38,6 +39,7 @@ func (c *change) finish(id string, result []byte, jerr *JobError) {
 			e.assignment.end(fmt.Errorf("%w: job %s is %s", ErrAssignmentEnded, id, j.State))
 			e.assignment = nil
 		}
+		m.metrics.jobDone(j)
 		m.logger.Info("job done", "job", id, "role", j.Role, "state", j.State, "reason", reasonOf(jerr))
 	})
 
@@ -132,14 +134,20 @@ func (c *change) watchDone(watch *Job) {
 	if main == nil || main.State != StateQueued {
 		return
 	}
-	msg := fmt.Sprintf("runner %s exited with code %d before connecting", t.RunnerID, exit.Code)
+	// A runner that took the job before (and rejected it or lost it
+	// unacknowledged) did connect, so its exit is a lost runner.
+	reason, when := ReasonExitedBeforeConnect, "before connecting"
+	if main.Attempt > 0 {
+		reason, when = ReasonRunnerLost, "without completing its job"
+	}
+	msg := fmt.Sprintf("runner %s exited with code %d %s", t.RunnerID, exit.Code, when)
 	if exit.Reason != "" {
 		msg += " (" + exit.Reason + ")"
 	}
 	if tail := c.m.jobs[watch.ID].tail; len(tail) > 0 {
 		msg += "; last output: " + strings.Join(tail, " | ")
 	}
-	c.finish(main.ID, nil, &JobError{Reason: ReasonExitedBeforeConnect, Message: msg, ExitCode: intPtr(exit.Code)})
+	c.finish(main.ID, nil, &JobError{Reason: reason, Message: msg, ExitCode: intPtr(exit.Code)})
 }
 
 func (c *change) stopDone(stop *Job) {
@@ -156,6 +164,7 @@ func (c *change) stopDone(stop *Job) {
 		t.State = TaskStopFailed
 		msg := fmt.Sprintf("task %s of runner %s may be left behind: stop failed: %s", t.ID, t.RunnerID, stop.Error.Message)
 		c.event(main, EventTaskStopFailed, msg)
+		c.then(func() { c.m.metrics.orphansLeft.Add(context.Background(), 1) })
 		c.m.logger.Error("task stop failed; the platform resource may be orphaned", "task", t.ID, "runner", t.RunnerID, "error", stop.Error.Message)
 	}
 	// The stop ends the task, so its watch has nothing left to see.

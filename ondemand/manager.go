@@ -39,6 +39,7 @@ type Manager struct {
 	logger     *slog.Logger
 	store      Store
 	committer  *committer
+	metrics    *metrics
 	signer     *tokenSigner
 	launchExec *LaunchExecutor
 	now        func() time.Time
@@ -47,6 +48,7 @@ type Manager struct {
 	closing        chan struct{}
 	stopEmbedded   context.CancelFunc
 	embeddedActive sync.WaitGroup
+	background     sync.WaitGroup
 
 	mu     sync.Mutex
 	closed bool
@@ -60,6 +62,11 @@ type Manager struct {
 	dependents map[string][]string
 	queue      dispatchQueue
 	waiters    waiterSet
+	// queuedCount counts jobs in state QUEUED.
+	queuedCount int
+	// activeTasks counts, per profile, the tasks whose start job has been
+	// assigned and that are not stopped: the runners max_concurrent bounds.
+	activeTasks map[string]int
 }
 
 // entry is the Manager's in-memory state of one job.
@@ -100,14 +107,18 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		store:      cfg.Store,
 		signer:     signer,
 		now:        time.Now,
-		embeddedID: "embedded-launcher-" + newID(""),
+		embeddedID: "embedded-launcher@" + cfg.HostID,
 		closing:    make(chan struct{}),
 		jobs:       make(map[string]*entry),
 		tasks:      make(map[string]*Task),
 		byRunID:    make(map[string]string),
 		dependents: make(map[string][]string),
-		queue:      newDispatchQueue(),
-		waiters:    newWaiterSet(),
+		queue:       newDispatchQueue(),
+		waiters:     newWaiterSet(),
+		activeTasks: make(map[string]int),
+	}
+	if m.metrics, err = newMetrics(cfg.MeterProvider, m); err != nil {
+		return nil, fmt.Errorf("ondemand: create metrics: %w", err)
 	}
 	if cfg.Launchers != nil {
 		m.launchExec = NewLaunchExecutor(cfg.Launchers, cfg.Logger)
@@ -117,6 +128,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	go m.committer.run()
+	m.recover()
 	embeddedCtx, stop := context.WithCancel(context.Background())
 	m.stopEmbedded = stop
 	if m.launchExec != nil {
@@ -124,6 +136,11 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		go func() {
 			defer m.embeddedActive.Done()
 			m.runEmbedded(embeddedCtx)
+		}()
+		m.background.Add(1)
+		go func() {
+			defer m.background.Done()
+			m.runReconciler(embeddedCtx)
 		}()
 	}
 	return m, nil
@@ -137,6 +154,9 @@ func (m *Manager) load(ctx context.Context) error {
 		if err := tx.ForEachTask(func(t *Task) bool {
 			m.tasks[t.ID] = t
 			m.byRunID[t.RunnerID] = t.ID
+			if t.active() {
+				m.activeTasks[t.Profile]++
+			}
 			return true
 		}); err != nil {
 			return err
@@ -144,6 +164,9 @@ func (m *Manager) load(ctx context.Context) error {
 		return tx.ForEachJob(func(j *Job) bool {
 			e := &entry{job: j, changed: make(chan struct{})}
 			m.jobs[j.ID] = e
+			if j.State == StateQueued {
+				m.queuedCount++
+			}
 			for _, d := range j.DependsOn {
 				m.dependents[d.JobID] = append(m.dependents[d.JobID], j.ID)
 			}
@@ -164,9 +187,6 @@ func (m *Manager) load(ctx context.Context) error {
 			return fmt.Errorf("ondemand: load events of job %s: %w", id, err)
 		}
 	}
-	// NOTE: jobs that were WAITING or RUNNING when the previous host
-	// process stopped stay in that state here; restart recovery re-arms
-	// their timers and re-runs unfinished stop jobs.
 	for _, e := range m.jobs {
 		m.reindex(e)
 	}
@@ -466,7 +486,9 @@ func (m *Manager) Close() error {
 
 	m.stopEmbedded()
 	m.embeddedActive.Wait()
+	m.background.Wait()
 	m.committer.close()
+	_ = m.metrics.registration.Unregister()
 	var err error
 	if m.launchExec != nil {
 		err = m.launchExec.Close()
@@ -486,9 +508,23 @@ func (m *Manager) apply(c *change) {
 				m.dependents[d.JobID] = append(m.dependents[d.JobID], id)
 			}
 		}
+		if e.job != nil && e.job.State == StateQueued {
+			m.queuedCount--
+		}
+		if j.State == StateQueued {
+			m.queuedCount++
+		}
 		e.job = j
 	}
+	freed := false
 	for id, t := range c.tasks {
+		if old := m.tasks[id]; old != nil && old.active() {
+			m.activeTasks[t.Profile]--
+			freed = freed || !t.active()
+		}
+		if t.active() {
+			m.activeTasks[t.Profile]++
+		}
 		m.tasks[id] = t
 		m.byRunID[t.RunnerID] = id
 	}
@@ -514,6 +550,11 @@ func (m *Manager) apply(c *change) {
 	}
 	for id := range c.jobs {
 		m.reindex(m.jobs[id])
+	}
+	// A stopped task makes room for a start job held back by its
+	// profile's max_concurrent.
+	if freed {
+		m.dispatchWaiting()
 	}
 	// A finished job can make its dependents ready.
 	for id, j := range c.jobs {

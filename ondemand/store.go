@@ -54,6 +54,12 @@ type Task struct {
 	StoppedAt time.Time `json:"stopped_at,omitzero"`
 }
 
+// active reports whether the task counts against its profile's
+// max_concurrent: its start job has been assigned and it is not stopped.
+func (t *Task) active() bool {
+	return !t.StartupDeadline.IsZero() && t.State != TaskStopped && t.State != TaskStopFailed
+}
+
 // Clone returns a deep copy of t.
 func (t *Task) Clone() *Task {
 	if t == nil {

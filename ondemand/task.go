@@ -135,7 +135,7 @@ func (m *Manager) assignmentPayload(c *change, j *Job) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode config of profile %s: %w", p.Name, err)
 	}
-	lp := launchPayload{Plugin: p.Plugin, Config: config}
+	lp := launchPayload{Plugin: p.Plugin, Config: config, RetryBackoff: m.cfg.RetryBackoff}
 	switch j.Role {
 	case RoleStart:
 		info, err := m.launchInfo(c, t, p)
@@ -143,6 +143,10 @@ func (m *Manager) assignmentPayload(c *change, j *Job) ([]byte, error) {
 			return nil, err
 		}
 		lp.Info = info
+		lp.Retries = p.LaunchRetries
+		// An earlier attempt may have created the resource before its
+		// runner or the host went away.
+		lp.Cleanup = j.Attempt > 1
 		if t.StartupDeadline.IsZero() {
 			timeout := m.startupTimeout(p.Name)
 			t.StartupDeadline = c.now.Add(timeout)
@@ -154,8 +158,11 @@ func (m *Manager) assignmentPayload(c *change, j *Job) ([]byte, error) {
 				}
 			})
 		}
-	case RoleWatch, RoleStop:
+	case RoleWatch:
 		lp.State = t.LauncherState
+	case RoleStop:
+		lp.State = t.LauncherState
+		lp.Retries = m.cfg.StopRetries
 	}
 	return json.Marshal(lp)
 }

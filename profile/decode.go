@@ -23,6 +23,7 @@ var profileSchema = &hcl.BodySchema{
 		{Name: "env"},
 		{Name: "startup_timeout"},
 		{Name: "max_concurrent"},
+		{Name: "launch_retries"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "target_runner"},
@@ -79,7 +80,14 @@ func (l *loader) decodeProfile(block *hcl.Block, ctx *hcl.EvalContext) *decl {
 		dec.duration(attr)
 	}
 	if attr := attrs["max_concurrent"]; attr != nil {
-		dec.maxConcurrent(attr)
+		if n, ok := dec.count(attr, "max_concurrent", "the maximum number of runners of this profile that run at once, or 0 for no limit"); ok {
+			p.MaxConcurrent = n
+		}
+	}
+	if attr := attrs["launch_retries"]; attr != nil {
+		if n, ok := dec.count(attr, "launch_retries", "how many times a launch that failed with a transient error is tried again, or 0 for none"); ok {
+			p.LaunchRetries = n
+		}
 	}
 
 	blocks := content.Blocks.ByType()
@@ -284,10 +292,12 @@ func (d *attrDecoder) duration(attr *hcl.Attribute) {
 	}
 }
 
-func (d *attrDecoder) maxConcurrent(attr *hcl.Attribute) {
-	val, secret, ok := d.eval(attr.Expr, cty.Number, "max_concurrent", "a whole number, 0 for no limit")
+// count decodes a whole number that is 0 or more; meaning says what the
+// number sets, for the diagnostics.
+func (d *attrDecoder) count(attr *hcl.Attribute, name, meaning string) (int, bool) {
+	val, secret, ok := d.eval(attr.Expr, cty.Number, name, "a whole number, "+meaning)
 	if !ok {
-		return
+		return 0, false
 	}
 	bf := val.AsBigFloat()
 	shown := bf.Text('g', 10) + " "
@@ -295,19 +305,21 @@ func (d *attrDecoder) maxConcurrent(attr *hcl.Attribute) {
 		shown = "read through env() or file() "
 	}
 	n, acc := bf.Int64()
+	summary := "Invalid " + name
 	switch {
 	case !bf.IsInt():
-		d.fail(attr.Expr.Range(), "Invalid max_concurrent",
-			fmt.Sprintf("The value %sis not a whole number: write the maximum number of runners of this profile that run at once, or 0 for no limit.", shown))
+		d.fail(attr.Expr.Range(), summary,
+			fmt.Sprintf("The value %sis not a whole number: write %s.", shown, meaning))
 	case bf.Sign() < 0:
-		d.fail(attr.Expr.Range(), "Invalid max_concurrent",
-			fmt.Sprintf("The value %sis negative: write 0 for no limit, or a positive number of runners.", shown))
+		d.fail(attr.Expr.Range(), summary,
+			fmt.Sprintf("The value %sis negative: write %s.", shown, meaning))
 	case acc != big.Exact || n > math.MaxInt32:
-		d.fail(attr.Expr.Range(), "Invalid max_concurrent",
-			fmt.Sprintf("The value %sis too large: write at most %d, or 0 for no limit.", shown, math.MaxInt32))
+		d.fail(attr.Expr.Range(), summary,
+			fmt.Sprintf("The value %sis too large: write at most %d.", shown, math.MaxInt32))
 	default:
-		d.profile.MaxConcurrent = int(n)
+		return int(n), true
 	}
+	return 0, false
 }
 
 func (d *attrDecoder) targetRunner(block *hcl.Block) {

@@ -305,7 +305,7 @@ runner_profile "b" {
   max_concurrent = »-1
 }`,
 			summary: "Invalid max_concurrent",
-			detail:  []string{"The value -1 is negative", "write 0 for no limit"},
+			detail:  []string{"The value -1 is negative", "or 0 for no limit"},
 		},
 		{
 			name: "max concurrent fractional",
@@ -315,6 +315,15 @@ runner_profile "b" {
 }`,
 			summary: "Invalid max_concurrent",
 			detail:  []string{"1.5 is not a whole number"},
+		},
+		{
+			name: "launch retries fractional",
+			src: `runner_profile "a" {
+  plugin         = "exec"
+  launch_retries = »2.5
+}`,
+			summary: "Invalid launch_retries",
+			detail:  []string{"2.5 is not a whole number", "0 for none"},
 		},
 		{
 			name: "env function variable unset",

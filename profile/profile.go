@@ -85,6 +85,10 @@ type Profile struct {
 	// MaxConcurrent bounds the number of runners of this profile that run
 	// at once. Zero means no limit.
 	MaxConcurrent int
+	// LaunchRetries is how many times a launch that failed with a
+	// transient error (see tasklauncher.Transient) is tried again, with
+	// backoff. Zero means no retry.
+	LaunchRetries int
 	// TargetRunner selects the runner that executes the profile's start,
 	// watch and stop jobs. Nil means the launcher runner embedded in the
 	// host.

@@ -74,6 +74,9 @@ func checkProfile(p *Profile) []error {
 	if p.StartupTimeout < 0 {
 		errs = append(errs, fmt.Errorf("startup timeout %s is negative: use a positive duration, or 0 for the host's default", p.StartupTimeout))
 	}
+	if p.LaunchRetries < 0 {
+		errs = append(errs, fmt.Errorf("launch retries %d is negative: use a positive number, or 0 for no retry", p.LaunchRetries))
+	}
 	if p.MaxConcurrent < 0 {
 		errs = append(errs, fmt.Errorf("max concurrent %d is negative: use a positive number, or 0 for no limit", p.MaxConcurrent))
 	}

@@ -1,0 +1,949 @@
+// Package storetest is a conformance suite for implementations of
+// ondemand.Store. A store author runs it from an ordinary test:
+//
+//	func TestStore(t *testing.T) {
+//		storetest.RunStoreTests(t, func(t *testing.T) ondemand.Store {
+//			s, err := mystore.Open(filepath.Join(t.TempDir(), "db"))
+//			require.NoError(t, err)
+//			return s
+//		})
+//	}
+//
+// Besides what the ondemand.Store documentation states, the suite expects:
+//
+//   - A store may return an empty slice or map as nil, but it keeps nil and
+//     non-nil pointers apart: a Job.Error of &JobError{} or an ExitCode
+//     pointing at 0 comes back as it went in.
+//   - A store keeps the instant of a time.Time to the nanosecond; the zone
+//     and the monotonic clock reading may be lost.
+//   - Errors for unknown IDs wrap ondemand.ErrNotFound and name the ID.
+//   - Update with a cancelled context returns the context's error without
+//     calling fn.
+//   - Close may be called more than once; later calls return nil.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/odrkit/odrkit/ondemand"
+)
+
+// RunStoreTests runs the conformance suite as subtests of t. newStore
+// returns a new, empty, open store for each subtest; the suite closes it
+// when the subtest ends. newStore should use t for cleanup such as
+// t.TempDir.
+func RunStoreTests(t *testing.T, newStore func(t *testing.T) ondemand.Store) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, s ondemand.Store)
+	}{
+		{"JobRoundTrip", testJobRoundTrip},
+		{"TaskRoundTrip", testTaskRoundTrip},
+		{"EventRoundTrip", testEventRoundTrip},
+		{"NotFound", testNotFound},
+		{"UpdateRollsBack", testUpdateRollsBack},
+		{"ReadOwnWrites", testReadOwnWrites},
+		{"ForEach", testForEach},
+		{"ForEachWithWrites", testForEachWithWrites},
+		{"EventsAfter", testEventsAfter},
+		{"EventsSeparateJobs", testEventsSeparateJobs},
+		{"AppendEventGap", testAppendEventGap},
+		{"ViewReadOnly", testViewReadOnly},
+		{"ConcurrentUpdates", testConcurrentUpdates},
+		{"ConcurrentAppendsOneJob", testConcurrentAppendsOneJob},
+		{"ConcurrentFailuresIsolated", testConcurrentFailuresIsolated},
+		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
+		{"StoredValuesAreCopies", testStoredValuesAreCopies},
+		{"CancelledContext", testCancelledContext},
+		{"Close", testClose},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStore(t)
+			require.NotNil(t, s, "newStore returned nil")
+			t.Cleanup(func() {
+				require.NoError(t, s.Close(), "close store after the subtest")
+			})
+			tc.run(t, s)
+		})
+	}
+}
+
+func testJobRoundTrip(t *testing.T, s ondemand.Store) {
+	cases := []struct {
+		name string
+		job  *ondemand.Job
+	}{
+		{"every field", fullJob("job-full")},
+		{"only ID", &ondemand.Job{ID: "job-min"}},
+		{"error without exit code", &ondemand.Job{
+			ID:    "job-no-exit",
+			State: ondemand.StateError,
+			Error: &ondemand.JobError{Reason: ondemand.ReasonRunnerLost, Message: "runner lost"},
+		}},
+		{"zero error", &ondemand.Job{ID: "job-zero-error", Error: &ondemand.JobError{}}},
+		{"non-zero exit code", &ondemand.Job{
+			ID:    "job-exit-7",
+			Error: &ondemand.JobError{Reason: ondemand.ReasonJobFailed, ExitCode: intPtr(-7)},
+		}},
+		{"empty slices and maps", &ondemand.Job{
+			ID:        "job-empty",
+			Payload:   []byte{},
+			Result:    []byte{},
+			DependsOn: []ondemand.Dependency{},
+			Target:    ondemand.Target{Labels: map[string]string{}},
+		}},
+		{"unicode and odd ID", &ondemand.Job{ID: "job/ü 1:\x01", Kind: "日本", Payload: []byte("\x00")}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(tc.job) })
+
+			got := getJob(t, s, tc.job.ID)
+			require.Equal(t, normalJob(tc.job), normalJob(got))
+			if tc.job.Error == nil {
+				require.Nil(t, got.Error, "a nil Error must stay nil")
+			} else {
+				require.NotNil(t, got.Error, "a non-nil Error must stay non-nil")
+				require.Equal(t, tc.job.Error.ExitCode == nil, got.Error.ExitCode == nil,
+					"ExitCode nil-ness must survive")
+			}
+		})
+	}
+
+	t.Run("replace", func(t *testing.T) {
+		j := fullJob("job-replace")
+		put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(j) })
+		j2 := &ondemand.Job{ID: j.ID, Kind: "other", State: ondemand.StateSuccess}
+		put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(j2) })
+
+		got := getJob(t, s, j.ID)
+		require.Equal(t, normalJob(j2), normalJob(got), "a second PutJob replaces every field")
+	})
+}
+
+func testTaskRoundTrip(t *testing.T, s ondemand.Store) {
+	cases := []struct {
+		name string
+		task *ondemand.Task
+	}{
+		{"every field", fullTask("task-full")},
+		{"only ID", &ondemand.Task{ID: "task-min"}},
+		{"non-zero exit code", &ondemand.Task{ID: "task-exit", State: ondemand.TaskStopped, ExitCode: intPtr(137)}},
+		{"empty launcher state", &ondemand.Task{ID: "task-empty", LauncherState: []byte{}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			put(t, s, func(tx ondemand.Tx) error { return tx.PutTask(tc.task) })
+
+			got := getTask(t, s, tc.task.ID)
+			require.Equal(t, normalTask(tc.task), normalTask(got))
+			require.Equal(t, tc.task.ExitCode == nil, got.ExitCode == nil, "ExitCode nil-ness must survive")
+		})
+	}
+}
+
+func testEventRoundTrip(t *testing.T, s ondemand.Store) {
+	want := []ondemand.Event{
+		fullEvent("job-ev", 1),
+		{Seq: 2, JobID: "job-ev", Type: ondemand.EventDone}, // zero time and empty strings
+	}
+	put(t, s, func(tx ondemand.Tx) error {
+		for _, e := range want {
+			if err := tx.AppendEvent(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	got := events(t, s, "job-ev", 0)
+	require.Len(t, got, len(want))
+	for i := range want {
+		require.Equal(t, normalEvent(want[i]), normalEvent(got[i]), "event %d", i)
+	}
+}
+
+func testNotFound(t *testing.T, s ondemand.Store) {
+	put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(&ondemand.Job{ID: "job-known"}) })
+	put(t, s, func(tx ondemand.Tx) error { return tx.PutTask(&ondemand.Task{ID: "task-known"}) })
+
+	check := func(t *testing.T, tx ondemand.ReadTx) {
+		t.Helper()
+		j, err := tx.Job("job-missing")
+		require.ErrorIs(t, err, ondemand.ErrNotFound)
+		require.ErrorContains(t, err, "job-missing")
+		require.Nil(t, j)
+
+		// A task ID is not a job ID, and the other way round.
+		_, err = tx.Job("task-known")
+		require.ErrorIs(t, err, ondemand.ErrNotFound)
+
+		task, err := tx.Task("task-missing")
+		require.ErrorIs(t, err, ondemand.ErrNotFound)
+		require.ErrorContains(t, err, "task-missing")
+		require.Nil(t, task)
+
+		_, err = tx.Task("job-known")
+		require.ErrorIs(t, err, ondemand.ErrNotFound)
+	}
+
+	t.Run("View", func(t *testing.T) {
+		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+			check(t, tx)
+			return nil
+		})
+		require.NoError(t, err)
+	})
+	t.Run("Update", func(t *testing.T) {
+		err := s.Update(t.Context(), func(tx ondemand.Tx) error {
+			check(t, tx)
+			return nil
+		})
+		require.NoError(t, err)
+	})
+}
+
+func testUpdateRollsBack(t *testing.T, s ondemand.Store) {
+	before := &ondemand.Job{ID: "job-old", Kind: "before", State: ondemand.StateQueued}
+	put(t, s, func(tx ondemand.Tx) error {
+		if err := tx.PutJob(before); err != nil {
+			return err
+		}
+		return tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-old", Type: ondemand.EventQueued})
+	})
+
+	errFn := errors.New("fn failed on purpose")
+	err := s.Update(t.Context(), func(tx ondemand.Tx) error {
+		changed := before.Clone()
+		changed.Kind = "after"
+		changed.State = ondemand.StateRunning
+		if err := tx.PutJob(changed); err != nil {
+			return err
+		}
+		if err := tx.AppendEvent(ondemand.Event{Seq: 2, JobID: "job-old", Type: ondemand.EventRunning}); err != nil {
+			return err
+		}
+		if err := tx.PutJob(&ondemand.Job{ID: "job-new"}); err != nil {
+			return err
+		}
+		if err := tx.PutTask(&ondemand.Task{ID: "task-new"}); err != nil {
+			return err
+		}
+		if err := tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-new", Type: ondemand.EventQueued}); err != nil {
+			return err
+		}
+		return fmt.Errorf("wrapped: %w", errFn)
+	})
+	require.ErrorIs(t, err, errFn, "Update returns fn's error")
+
+	require.Equal(t, normalJob(before), normalJob(getJob(t, s, "job-old")), "a replaced job keeps its old value")
+	requireJobMissing(t, s, "job-new")
+	requireTaskMissing(t, s, "task-new")
+	require.Len(t, events(t, s, "job-old", 0), 1, "appended event of an existing job is dropped")
+	require.Empty(t, events(t, s, "job-new", 0), "appended event of a new job is dropped")
+
+	// The rolled-back events do not count towards the next sequence.
+	put(t, s, func(tx ondemand.Tx) error {
+		return tx.AppendEvent(ondemand.Event{Seq: 2, JobID: "job-old", Type: ondemand.EventRunning})
+	})
+	put(t, s, func(tx ondemand.Tx) error {
+		return tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-new", Type: ondemand.EventQueued})
+	})
+	require.Len(t, events(t, s, "job-old", 0), 2)
+	require.Len(t, events(t, s, "job-new", 0), 1)
+}
+
+func testReadOwnWrites(t *testing.T, s ondemand.Store) {
+	put(t, s, func(tx ondemand.Tx) error {
+		if err := tx.PutJob(&ondemand.Job{ID: "job-stored", Kind: "old"}); err != nil {
+			return err
+		}
+		if err := tx.PutTask(&ondemand.Task{ID: "task-stored", Profile: "old"}); err != nil {
+			return err
+		}
+		return tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-stored", Type: ondemand.EventQueued})
+	})
+
+	put(t, s, func(tx ondemand.Tx) error {
+		// New records.
+		require.NoError(t, tx.PutJob(&ondemand.Job{ID: "job-staged", Kind: "new"}))
+		j, err := tx.Job("job-staged")
+		require.NoError(t, err)
+		require.Equal(t, "new", j.Kind)
+
+		require.NoError(t, tx.PutTask(&ondemand.Task{ID: "task-staged", Profile: "new"}))
+		task, err := tx.Task("task-staged")
+		require.NoError(t, err)
+		require.Equal(t, "new", task.Profile)
+
+		// Replaced records.
+		require.NoError(t, tx.PutJob(&ondemand.Job{ID: "job-stored", Kind: "replaced"}))
+		j, err = tx.Job("job-stored")
+		require.NoError(t, err)
+		require.Equal(t, "replaced", j.Kind)
+
+		require.NoError(t, tx.PutTask(&ondemand.Task{ID: "task-stored", Profile: "replaced"}))
+		task, err = tx.Task("task-stored")
+		require.NoError(t, err)
+		require.Equal(t, "replaced", task.Profile)
+
+		// ForEach sees staged records once, with their staged values.
+		kinds := map[string]string{}
+		require.NoError(t, tx.ForEachJob(func(j *ondemand.Job) bool {
+			require.NotContains(t, kinds, j.ID, "job seen twice")
+			kinds[j.ID] = j.Kind
+			return true
+		}))
+		require.Equal(t, map[string]string{"job-stored": "replaced", "job-staged": "new"}, kinds)
+
+		profiles := map[string]string{}
+		require.NoError(t, tx.ForEachTask(func(task *ondemand.Task) bool {
+			require.NotContains(t, profiles, task.ID, "task seen twice")
+			profiles[task.ID] = task.Profile
+			return true
+		}))
+		require.Equal(t, map[string]string{"task-stored": "replaced", "task-staged": "new"}, profiles)
+
+		// Events: the stored one followed by staged ones.
+		require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 2, JobID: "job-stored", Type: ondemand.EventRunning}))
+		require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-stored", Type: ondemand.EventDone}))
+		require.Equal(t, []int64{1, 2, 3}, seqsIn(t, tx, "job-stored", 0))
+		require.Equal(t, []int64{3}, seqsIn(t, tx, "job-stored", 2))
+
+		require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-staged", Type: ondemand.EventQueued}))
+		require.Equal(t, []int64{1}, seqsIn(t, tx, "job-staged", 0))
+		return nil
+	})
+}
+
+func testForEach(t *testing.T, s ondemand.Store) {
+	t.Run("empty store", func(t *testing.T) {
+		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+			if err := tx.ForEachJob(func(*ondemand.Job) bool {
+				t.Error("ForEachJob called fn on an empty store")
+				return true
+			}); err != nil {
+				return err
+			}
+			return tx.ForEachTask(func(*ondemand.Task) bool {
+				t.Error("ForEachTask called fn on an empty store")
+				return true
+			})
+		})
+		require.NoError(t, err)
+	})
+
+	const n = 25
+	var wantJobs, wantTasks []string
+	put(t, s, func(tx ondemand.Tx) error {
+		for i := range n {
+			id := fmt.Sprintf("job-%d", i)
+			wantJobs = append(wantJobs, id)
+			if err := tx.PutJob(fullJob(id)); err != nil {
+				return err
+			}
+			id = fmt.Sprintf("task-%d", i)
+			wantTasks = append(wantTasks, id)
+			if err := tx.PutTask(fullTask(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	t.Run("all", func(t *testing.T) {
+		var jobs, tasks []string
+		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+			if err := tx.ForEachJob(func(j *ondemand.Job) bool {
+				require.Equal(t, normalJob(fullJob(j.ID)).Payload, j.Payload, "job %s decoded fully", j.ID)
+				jobs = append(jobs, j.ID)
+				return true
+			}); err != nil {
+				return err
+			}
+			return tx.ForEachTask(func(task *ondemand.Task) bool {
+				tasks = append(tasks, task.ID)
+				return true
+			})
+		})
+		require.NoError(t, err)
+		require.ElementsMatch(t, wantJobs, jobs, "each job exactly once")
+		require.ElementsMatch(t, wantTasks, tasks, "each task exactly once")
+	})
+
+	t.Run("stop", func(t *testing.T) {
+		var jobCalls, taskCalls int
+		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+			if err := tx.ForEachJob(func(*ondemand.Job) bool {
+				jobCalls++
+				return jobCalls < 3
+			}); err != nil {
+				return err
+			}
+			return tx.ForEachTask(func(*ondemand.Task) bool {
+				taskCalls++
+				return false
+			})
+		})
+		require.NoError(t, err)
+		require.Equal(t, 3, jobCalls, "ForEachJob stops after fn returns false")
+		require.Equal(t, 1, taskCalls, "ForEachTask stops after fn returns false")
+	})
+}
+
+// testForEachWithWrites checks that an Update may write while it iterates,
+// as a recovery pass that fixes records it finds would.
+func testForEachWithWrites(t *testing.T, s ondemand.Store) {
+	const n = 40
+	put(t, s, func(tx ondemand.Tx) error {
+		for i := range n {
+			if err := tx.PutJob(&ondemand.Job{ID: fmt.Sprintf("job-%02d", i), State: ondemand.StateQueued}); err != nil {
+				return err
+			}
+			if err := tx.PutTask(&ondemand.Task{ID: fmt.Sprintf("task-%02d", i), State: ondemand.TaskPending}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	seenJobs := map[string]int{}
+	seenTasks := map[string]int{}
+	put(t, s, func(tx ondemand.Tx) error {
+		err := tx.ForEachJob(func(j *ondemand.Job) bool {
+			seenJobs[j.ID]++
+			if j.State != ondemand.StateQueued {
+				return true // a record this pass wrote, which a store may or may not show
+			}
+			j.State = ondemand.StateCancelled
+			j.Payload = make([]byte, 2000) // grow the value so that pages split
+			require.NoError(t, tx.PutJob(j))
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		return tx.ForEachTask(func(task *ondemand.Task) bool {
+			seenTasks[task.ID]++
+			task.State = ondemand.TaskStopped
+			require.NoError(t, tx.PutTask(task))
+			return true
+		})
+	})
+
+	require.Len(t, seenJobs, n)
+	for id, count := range seenJobs {
+		require.Equal(t, 1, count, "job %s seen once", id)
+		require.Equal(t, ondemand.StateCancelled, getJob(t, s, id).State, "job %s rewritten", id)
+	}
+	require.Len(t, seenTasks, n)
+	for id, count := range seenTasks {
+		require.Equal(t, 1, count, "task %s seen once", id)
+		require.Equal(t, ondemand.TaskStopped, getTask(t, s, id).State, "task %s rewritten", id)
+	}
+}
+
+func testEventsAfter(t *testing.T, s ondemand.Store) {
+	const jobID = "job-events"
+	// Two transactions, so that a store that only reads the latest fails.
+	for _, seqs := range [][]int64{{1, 2, 3}, {4, 5}} {
+		put(t, s, func(tx ondemand.Tx) error {
+			for _, seq := range seqs {
+				if err := tx.AppendEvent(fullEvent(jobID, seq)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+
+	cases := []struct {
+		after int64
+		want  []int64
+	}{
+		{after: -1, want: []int64{1, 2, 3, 4, 5}},
+		{after: 0, want: []int64{1, 2, 3, 4, 5}},
+		{after: 2, want: []int64{3, 4, 5}},
+		{after: 4, want: []int64{5}},
+		{after: 5, want: nil},
+		{after: 100, want: nil},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("after %d", tc.after), func(t *testing.T) {
+			got := events(t, s, jobID, tc.after)
+			var seqs []int64
+			for _, e := range got {
+				require.Equal(t, normalEvent(fullEvent(jobID, e.Seq)), normalEvent(e))
+				seqs = append(seqs, e.Seq)
+			}
+			require.Equal(t, tc.want, seqs)
+		})
+	}
+
+	t.Run("stop", func(t *testing.T) {
+		var seqs []int64
+		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+			return tx.Events(jobID, 1, func(e ondemand.Event) bool {
+				seqs = append(seqs, e.Seq)
+				return len(seqs) < 2
+			})
+		})
+		require.NoError(t, err)
+		require.Equal(t, []int64{2, 3}, seqs, "Events stops after fn returns false")
+	})
+
+	t.Run("unknown job", func(t *testing.T) {
+		require.Empty(t, events(t, s, "job-without-events", 0))
+	})
+}
+
+// testEventsSeparateJobs stores events of jobs whose IDs are prefixes of
+// each other, which catches stores that range-scan by a bare ID prefix.
+func testEventsSeparateJobs(t *testing.T, s ondemand.Store) {
+	ids := []string{"a", "ab", "a\x00", "a\x00\x00\x00\x00\x00\x00\x00\x01", "job-1", "job-10", "job-1\xff"}
+	counts := map[string]int64{}
+	for i, id := range ids {
+		counts[id] = int64(i + 1)
+	}
+	// Interleave the jobs' events over several transactions.
+	for seq := int64(1); seq <= int64(len(ids)); seq++ {
+		put(t, s, func(tx ondemand.Tx) error {
+			for _, id := range ids {
+				if seq > counts[id] {
+					continue
+				}
+				if err := tx.AppendEvent(ondemand.Event{Seq: seq, JobID: id, Message: id}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+
+	for _, id := range ids {
+		got := events(t, s, id, 0)
+		require.Len(t, got, int(counts[id]), "events of job %q", id)
+		for i, e := range got {
+			require.Equal(t, int64(i+1), e.Seq, "event %d of job %q", i, id)
+			require.Equal(t, id, e.JobID)
+			require.Equal(t, id, e.Message)
+		}
+	}
+}
+
+func testAppendEventGap(t *testing.T, s ondemand.Store) {
+	put(t, s, func(tx ondemand.Tx) error {
+		for seq := int64(1); seq <= 2; seq++ {
+			if err := tx.AppendEvent(ondemand.Event{Seq: seq, JobID: "job-two"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+
+	cases := []struct {
+		name  string
+		jobID string
+		seq   int64
+	}{
+		{"gap", "job-two", 4},
+		{"repeat last", "job-two", 2},
+		{"go back", "job-two", 1},
+		{"zero", "job-two", 0},
+		{"negative", "job-two", -1},
+		{"first not one", "job-fresh", 2},
+		{"first zero", "job-fresh", 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var appendErr error
+			err := s.Update(t.Context(), func(tx ondemand.Tx) error {
+				if err := tx.PutJob(&ondemand.Job{ID: "job-side-effect"}); err != nil {
+					return err
+				}
+				appendErr = tx.AppendEvent(ondemand.Event{Seq: tc.seq, JobID: tc.jobID})
+				return appendErr
+			})
+			require.Error(t, appendErr, "AppendEvent must reject sequence %d", tc.seq)
+			require.ErrorContains(t, appendErr, tc.jobID, "the error names the job")
+			require.ErrorIs(t, err, appendErr)
+			requireJobMissing(t, s, "job-side-effect")
+		})
+	}
+
+	require.Equal(t, []int64{1, 2}, seqs(t, s, "job-two"))
+	require.Empty(t, events(t, s, "job-fresh", 0))
+
+	t.Run("gap inside one transaction", func(t *testing.T) {
+		err := s.Update(t.Context(), func(tx ondemand.Tx) error {
+			require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-two"}))
+			require.Error(t, tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-two"}), "staged seq 3 repeated")
+			require.Error(t, tx.AppendEvent(ondemand.Event{Seq: 5, JobID: "job-two"}), "gap after staged seq 3")
+			return tx.AppendEvent(ondemand.Event{Seq: 4, JobID: "job-two"})
+		})
+		require.NoError(t, err)
+		require.Equal(t, []int64{1, 2, 3, 4}, seqs(t, s, "job-two"))
+	})
+}
+
+func testViewReadOnly(t *testing.T, s ondemand.Store) {
+	err := s.View(t.Context(), func(rtx ondemand.ReadTx) error {
+		w, ok := rtx.(ondemand.Tx)
+		if !ok {
+			return nil // read-only by type
+		}
+		require.Error(t, w.PutJob(&ondemand.Job{ID: "job-from-view"}), "PutJob in View")
+		require.Error(t, w.PutTask(&ondemand.Task{ID: "task-from-view"}), "PutTask in View")
+		require.Error(t, w.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-from-view"}), "AppendEvent in View")
+		return nil
+	})
+	require.NoError(t, err)
+
+	requireJobMissing(t, s, "job-from-view")
+	requireTaskMissing(t, s, "task-from-view")
+	require.Empty(t, events(t, s, "job-from-view", 0))
+}
+
+func testConcurrentUpdates(t *testing.T, s ondemand.Store) {
+	const goroutines, perGoroutine = 32, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines*perGoroutine)
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range perGoroutine {
+				id := fmt.Sprintf("job-%d-%d", g, i)
+				errs <- s.Update(context.Background(), func(tx ondemand.Tx) error {
+					if err := tx.PutJob(&ondemand.Job{ID: id, Attempt: i}); err != nil {
+						return err
+					}
+					if err := tx.PutTask(&ondemand.Task{ID: "task-" + id}); err != nil {
+						return err
+					}
+					return tx.AppendEvent(ondemand.Event{Seq: 1, JobID: id, Type: ondemand.EventQueued})
+				})
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	var jobs, tasks int
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		if err := tx.ForEachJob(func(*ondemand.Job) bool { jobs++; return true }); err != nil {
+			return err
+		}
+		return tx.ForEachTask(func(*ondemand.Task) bool { tasks++; return true })
+	})
+	require.NoError(t, err)
+	require.Equal(t, goroutines*perGoroutine, jobs)
+	require.Equal(t, goroutines*perGoroutine, tasks)
+	for g := range goroutines {
+		for i := range perGoroutine {
+			id := fmt.Sprintf("job-%d-%d", g, i)
+			require.Equal(t, i, getJob(t, s, id).Attempt)
+			require.Equal(t, []int64{1}, seqs(t, s, id))
+		}
+	}
+}
+
+// testConcurrentAppendsOneJob checks that transactions are serialisable:
+// each one reads the job's last sequence and appends the next.
+func testConcurrentAppendsOneJob(t *testing.T, s ondemand.Store) {
+	const goroutines, perGoroutine = 16, 8
+	var wg sync.WaitGroup
+	errs := make(chan error, goroutines*perGoroutine)
+	for range goroutines {
+		wg.Go(func() {
+			for range perGoroutine {
+				errs <- s.Update(context.Background(), func(tx ondemand.Tx) error {
+					var last int64
+					if err := tx.Events("job-shared", 0, func(e ondemand.Event) bool {
+						last = e.Seq
+						return true
+					}); err != nil {
+						return err
+					}
+					return tx.AppendEvent(ondemand.Event{Seq: last + 1, JobID: "job-shared"})
+				})
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+
+	want := make([]int64, goroutines*perGoroutine)
+	for i := range want {
+		want[i] = int64(i + 1)
+	}
+	require.Equal(t, want, seqs(t, s, "job-shared"))
+}
+
+// testConcurrentFailuresIsolated runs failing and succeeding Updates at
+// once. A store that groups transactions into one commit must not let a
+// failing one undo or fail the others.
+func testConcurrentFailuresIsolated(t *testing.T, s ondemand.Store) {
+	const n = 60
+	errFn := errors.New("fn failed on purpose")
+	var wg sync.WaitGroup
+	results := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			id := fmt.Sprintf("job-%02d", i)
+			results[i] = s.Update(context.Background(), func(tx ondemand.Tx) error {
+				if err := tx.PutJob(&ondemand.Job{ID: id}); err != nil {
+					return err
+				}
+				if err := tx.AppendEvent(ondemand.Event{Seq: 1, JobID: id}); err != nil {
+					return err
+				}
+				if i%3 == 0 {
+					return errFn
+				}
+				return nil
+			})
+		})
+	}
+	wg.Wait()
+
+	for i, err := range results {
+		id := fmt.Sprintf("job-%02d", i)
+		if i%3 == 0 {
+			require.ErrorIs(t, err, errFn, "Update of %s returns its own fn's error", id)
+			requireJobMissing(t, s, id)
+			require.Empty(t, events(t, s, id, 0), "events of failed %s", id)
+			continue
+		}
+		require.NoError(t, err, "Update of %s", id)
+		getJob(t, s, id)
+		require.Equal(t, []int64{1}, seqs(t, s, id), "events of %s", id)
+	}
+}
+
+func testReturnedValuesAreCopies(t *testing.T, s ondemand.Store) {
+	orig := fullJob("job-copy")
+	task := fullTask("task-copy")
+	put(t, s, func(tx ondemand.Tx) error {
+		if err := tx.PutJob(orig); err != nil {
+			return err
+		}
+		return tx.PutTask(task)
+	})
+
+	mutateJob := func(j *ondemand.Job) {
+		j.Kind = "mutated"
+		j.Payload[0] = 'X'
+		j.Result[0] = 'X'
+		j.Target.Labels["zone"] = "mutated"
+		j.DependsOn[0].JobID = "mutated"
+		j.Error.Message = "mutated"
+		*j.Error.ExitCode = 99
+	}
+	mutateTask := func(task *ondemand.Task) {
+		task.Profile = "mutated"
+		task.LauncherState[0] = 'X'
+		*task.ExitCode = 99
+	}
+
+	// Values from Job, Task and ForEach, in View and in Update.
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		j, err := tx.Job(orig.ID)
+		require.NoError(t, err)
+		mutateJob(j)
+		task, err := tx.Task("task-copy")
+		require.NoError(t, err)
+		mutateTask(task)
+		require.NoError(t, tx.ForEachJob(func(j *ondemand.Job) bool { mutateJob(j); return true }))
+		require.NoError(t, tx.ForEachTask(func(task *ondemand.Task) bool { mutateTask(task); return true }))
+
+		// The same transaction still reads the stored values.
+		j, err = tx.Job(orig.ID)
+		require.NoError(t, err)
+		require.Equal(t, normalJob(orig), normalJob(j), "within View")
+		return nil
+	})
+	require.NoError(t, err)
+
+	put(t, s, func(tx ondemand.Tx) error {
+		j, err := tx.Job(orig.ID)
+		require.NoError(t, err)
+		mutateJob(j)
+		task, err := tx.Task("task-copy")
+		require.NoError(t, err)
+		mutateTask(task)
+		return nil
+	})
+
+	require.Equal(t, normalJob(orig), normalJob(getJob(t, s, orig.ID)))
+	require.Equal(t, normalTask(task), normalTask(getTask(t, s, "task-copy")))
+}
+
+func testStoredValuesAreCopies(t *testing.T, s ondemand.Store) {
+	j := fullJob("job-in")
+	task := fullTask("task-in")
+	want := normalJob(j)
+	wantTask := normalTask(task)
+
+	put(t, s, func(tx ondemand.Tx) error {
+		if err := tx.PutJob(j); err != nil {
+			return err
+		}
+		if err := tx.PutTask(task); err != nil {
+			return err
+		}
+		// Changing the caller's value after PutJob, inside the
+		// transaction, does not change what was put.
+		j.Payload[0] = 'X'
+		j.Target.Labels["zone"] = "mutated"
+		*j.Error.ExitCode = 42
+		task.LauncherState[0] = 'X'
+		*task.ExitCode = 42
+		return nil
+	})
+	require.Equal(t, want, normalJob(getJob(t, s, "job-in")), "after a change inside the transaction")
+	require.Equal(t, wantTask, normalTask(getTask(t, s, "task-in")), "after a change inside the transaction")
+
+	j.Kind = "mutated"
+	j.DependsOn[0].JobID = "mutated"
+	task.Profile = "mutated"
+	require.Equal(t, want, normalJob(getJob(t, s, "job-in")), "after a change once Update returned")
+	require.Equal(t, wantTask, normalTask(getTask(t, s, "task-in")), "after a change once Update returned")
+}
+
+func testCancelledContext(t *testing.T, s ondemand.Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+
+	called := false
+	err := s.Update(ctx, func(tx ondemand.Tx) error {
+		called = true
+		return tx.PutJob(&ondemand.Job{ID: "job-cancelled"})
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	require.False(t, called, "Update called fn with a cancelled context")
+	requireJobMissing(t, s, "job-cancelled")
+
+	err = s.View(ctx, func(ondemand.ReadTx) error {
+		called = true
+		return nil
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	require.False(t, called, "View called fn with a cancelled context")
+}
+
+func testClose(t *testing.T, s ondemand.Store) {
+	put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(&ondemand.Job{ID: "job-before-close"}) })
+	require.NoError(t, s.Close())
+
+	called := false
+	err := s.Update(t.Context(), func(tx ondemand.Tx) error {
+		called = true
+		return nil
+	})
+	require.Error(t, err, "Update after Close")
+	require.False(t, called, "Update after Close called fn")
+
+	err = s.View(t.Context(), func(ondemand.ReadTx) error {
+		called = true
+		return nil
+	})
+	require.Error(t, err, "View after Close")
+	require.False(t, called, "View after Close called fn")
+
+	require.NoError(t, s.Close(), "second Close")
+}
+
+// put runs fn in an Update and requires it to succeed.
+func put(t *testing.T, s ondemand.Store, fn func(tx ondemand.Tx) error) {
+	t.Helper()
+	require.NoError(t, s.Update(t.Context(), fn))
+}
+
+func getJob(t *testing.T, s ondemand.Store, id string) *ondemand.Job {
+	t.Helper()
+	var j *ondemand.Job
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		var err error
+		j, err = tx.Job(id)
+		return err
+	})
+	require.NoError(t, err, "read job %q", id)
+	require.NotNil(t, j, "job %q", id)
+	return j
+}
+
+func getTask(t *testing.T, s ondemand.Store, id string) *ondemand.Task {
+	t.Helper()
+	var task *ondemand.Task
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		var err error
+		task, err = tx.Task(id)
+		return err
+	})
+	require.NoError(t, err, "read task %q", id)
+	require.NotNil(t, task, "task %q", id)
+	return task
+}
+
+func requireJobMissing(t *testing.T, s ondemand.Store, id string) {
+	t.Helper()
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		_, err := tx.Job(id)
+		return err
+	})
+	require.ErrorIs(t, err, ondemand.ErrNotFound, "job %q must not be stored", id)
+}
+
+func requireTaskMissing(t *testing.T, s ondemand.Store, id string) {
+	t.Helper()
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		_, err := tx.Task(id)
+		return err
+	})
+	require.ErrorIs(t, err, ondemand.ErrNotFound, "task %q must not be stored", id)
+}
+
+func events(t *testing.T, s ondemand.Store, jobID string, after int64) []ondemand.Event {
+	t.Helper()
+	var evs []ondemand.Event
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		return tx.Events(jobID, after, func(e ondemand.Event) bool {
+			evs = append(evs, e)
+			return true
+		})
+	})
+	require.NoError(t, err, "read events of job %q", jobID)
+	return evs
+}
+
+func seqs(t *testing.T, s ondemand.Store, jobID string) []int64 {
+	t.Helper()
+	var out []int64
+	for _, e := range events(t, s, jobID, 0) {
+		out = append(out, e.Seq)
+	}
+	return out
+}
+
+func seqsIn(t *testing.T, tx ondemand.ReadTx, jobID string, after int64) []int64 {
+	t.Helper()
+	var out []int64
+	require.NoError(t, tx.Events(jobID, after, func(e ondemand.Event) bool {
+		out = append(out, e.Seq)
+		return true
+	}))
+	return slices.Clip(out)
+}
