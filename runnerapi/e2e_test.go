@@ -2,12 +2,15 @@ package runnerapi_test
 
 import (
 	"context"
-	"encoding/json"
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +35,7 @@ type testHost struct {
 	mgr      *ondemand.Manager
 	addr     string
 	registry *tasklauncher.Registry
+	stop     func()
 }
 
 // hostOptions changes the profile and Manager config of a test host.
@@ -40,14 +44,29 @@ type hostOptions struct {
 	command        string // exec command; empty runs the test binary
 	startupTimeout time.Duration
 	targetRunner   *profile.TargetRunner
+	launchRetries  int
+	maxConcurrent  int
+	// faults, when set, wraps the exec launcher in faultyLauncher.
+	faults *launcherFaults
+	// addr is the listen address; empty picks a free port.
+	addr string
+	// configure changes the Manager config after the defaults above.
+	configure func(*ondemand.Config)
 }
 
 func startHost(t *testing.T, opts hostOptions) *testHost {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if opts.addr == "" {
+		opts.addr = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", opts.addr)
 	require.NoError(t, err)
 
-	registry := tasklauncher.NewRegistry(exec.Plugin())
+	plugin := exec.Plugin()
+	if opts.faults != nil {
+		plugin = opts.faults.plugin()
+	}
+	registry := tasklauncher.NewRegistry(plugin)
 	execConfig := exec.Plugin().NewConfig().(*exec.Config)
 	execConfig.Command = opts.command
 	execConfig.StopGrace = "2s"
@@ -56,23 +75,31 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 	}
 	profiles, err := profile.NewSet(&profile.Profile{
 		Name:           "local",
-		Plugin:         exec.PluginName,
+		Plugin:         plugin.Name,
 		Default:        true,
 		Env:            map[string]string{envTestMode: opts.mode},
 		StartupTimeout: opts.startupTimeout,
 		TargetRunner:   opts.targetRunner,
+		LaunchRetries:  opts.launchRetries,
+		MaxConcurrent:  opts.maxConcurrent,
 		Config:         execConfig,
 	})
 	require.NoError(t, err)
 
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	mgr, err := ondemand.New(t.Context(), ondemand.Config{
+	cfg := ondemand.Config{
 		Launchers:        registry,
 		Profiles:         profiles,
 		AdvertiseAddr:    lis.Addr().String(),
 		HeartbeatTimeout: 5 * time.Second,
+		HostID:           "test-host-" + t.Name(),
+		RetryBackoff:     10 * time.Millisecond,
 		Logger:           logger,
-	})
+	}
+	if opts.configure != nil {
+		opts.configure(&cfg)
+	}
+	mgr, err := ondemand.New(t.Context(), cfg)
 	require.NoError(t, err)
 
 	srv := grpc.NewServer(runnerapi.ServerOptions()...)
@@ -82,12 +109,16 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 		defer close(served)
 		_ = srv.Serve(lis)
 	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-		require.NoError(t, mgr.Close())
-	})
-	return &testHost{mgr: mgr, addr: lis.Addr().String(), registry: registry}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			srv.Stop()
+			<-served
+			require.NoError(t, mgr.Close())
+		})
+	}
+	t.Cleanup(stop)
+	return &testHost{mgr: mgr, addr: lis.Addr().String(), registry: registry, stop: stop}
 }
 
 // testWriter sends log output to the test log.
@@ -126,16 +157,24 @@ func (h *testHost) waitTaskStarted(t *testing.T, job *ondemand.Job) *ondemand.Ta
 }
 
 // requireProcessGone fails unless the process in an exec launcher state
-// no longer exists.
+// no longer runs.
 func requireProcessGone(t *testing.T, launcherState []byte) {
 	t.Helper()
-	var state struct {
-		PID int `json:"pid"`
+	pid := runnerPID(t, launcherState)
+	require.False(t, processAlive(pid), "runner process %d is still alive", pid)
+}
+
+// processAlive reports whether a process exists and is not a zombie. A
+// runner started by a Manager that was closed stays a zombie of the test
+// process after it is stopped, as nothing reaps it until the test ends.
+func processAlive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
 	}
-	require.NoError(t, json.Unmarshal(launcherState, &state))
-	require.NotZero(t, state.PID)
-	err := syscall.Kill(state.PID, 0)
-	require.ErrorIs(t, err, syscall.ESRCH, "runner process %d is still alive", state.PID)
+	// The state is the first field after the command name in brackets.
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
 }
 
 func TestOnDemandJobSucceeds(t *testing.T) {

@@ -9,6 +9,11 @@
 //		})
 //	}
 //
+// A store that groups transactions into shared commits may run fn on
+// another goroutine and more than once, so the suite never calls
+// t.FailNow (or require) inside fn: fn returns an error and the test
+// goroutine checks it.
+//
 // Besides what the ondemand.Store documentation states, the suite expects:
 //
 //   - A store may return an empty slice or map as nil, but it keeps nil and
@@ -26,6 +31,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -175,39 +181,49 @@ func testNotFound(t *testing.T, s ondemand.Store) {
 	put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(&ondemand.Job{ID: "job-known"}) })
 	put(t, s, func(tx ondemand.Tx) error { return tx.PutTask(&ondemand.Task{ID: "task-known"}) })
 
-	check := func(t *testing.T, tx ondemand.ReadTx) {
+	// lookup records the errors of lookups that must fail: an unknown ID,
+	// and a known ID of the other kind.
+	type lookups struct{ jobMissing, taskMissing, jobIsTask, taskIsJob error }
+	check := func(tx ondemand.ReadTx) (l lookups, err error) {
+		var j *ondemand.Job
+		var task *ondemand.Task
+		if j, l.jobMissing = tx.Job("job-missing"); j != nil {
+			return l, errors.New("Job returned a value for an unknown ID")
+		}
+		if task, l.taskMissing = tx.Task("task-missing"); task != nil {
+			return l, errors.New("Task returned a value for an unknown ID")
+		}
+		_, l.jobIsTask = tx.Job("task-known")
+		_, l.taskIsJob = tx.Task("job-known")
+		return l, nil
+	}
+	requireNotFound := func(t *testing.T, l lookups) {
 		t.Helper()
-		j, err := tx.Job("job-missing")
-		require.ErrorIs(t, err, ondemand.ErrNotFound)
-		require.ErrorContains(t, err, "job-missing")
-		require.Nil(t, j)
-
-		// A task ID is not a job ID, and the other way round.
-		_, err = tx.Job("task-known")
-		require.ErrorIs(t, err, ondemand.ErrNotFound)
-
-		task, err := tx.Task("task-missing")
-		require.ErrorIs(t, err, ondemand.ErrNotFound)
-		require.ErrorContains(t, err, "task-missing")
-		require.Nil(t, task)
-
-		_, err = tx.Task("job-known")
-		require.ErrorIs(t, err, ondemand.ErrNotFound)
+		require.ErrorIs(t, l.jobMissing, ondemand.ErrNotFound)
+		require.ErrorContains(t, l.jobMissing, "job-missing")
+		require.ErrorIs(t, l.taskMissing, ondemand.ErrNotFound)
+		require.ErrorContains(t, l.taskMissing, "task-missing")
+		require.ErrorIs(t, l.jobIsTask, ondemand.ErrNotFound, "a task ID is not a job ID")
+		require.ErrorIs(t, l.taskIsJob, ondemand.ErrNotFound, "a job ID is not a task ID")
 	}
 
 	t.Run("View", func(t *testing.T) {
-		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
-			check(t, tx)
-			return nil
+		var l lookups
+		err := s.View(t.Context(), func(tx ondemand.ReadTx) (err error) {
+			l, err = check(tx)
+			return err
 		})
 		require.NoError(t, err)
+		requireNotFound(t, l)
 	})
 	t.Run("Update", func(t *testing.T) {
-		err := s.Update(t.Context(), func(tx ondemand.Tx) error {
-			check(t, tx)
-			return nil
+		var l lookups
+		err := s.Update(t.Context(), func(tx ondemand.Tx) (err error) {
+			l, err = check(tx)
+			return err
 		})
 		require.NoError(t, err)
+		requireNotFound(t, l)
 	})
 }
 
@@ -274,71 +290,102 @@ func testReadOwnWrites(t *testing.T, s ondemand.Store) {
 
 	put(t, s, func(tx ondemand.Tx) error {
 		// New records.
-		require.NoError(t, tx.PutJob(&ondemand.Job{ID: "job-staged", Kind: "new"}))
+		if err := tx.PutJob(&ondemand.Job{ID: "job-staged", Kind: "new"}); err != nil {
+			return err
+		}
 		j, err := tx.Job("job-staged")
-		require.NoError(t, err)
-		require.Equal(t, "new", j.Kind)
-
-		require.NoError(t, tx.PutTask(&ondemand.Task{ID: "task-staged", Profile: "new"}))
+		if err != nil {
+			return err
+		}
+		if err := expect("kind of new job", "new", j.Kind); err != nil {
+			return err
+		}
+		if err := tx.PutTask(&ondemand.Task{ID: "task-staged", Profile: "new"}); err != nil {
+			return err
+		}
 		task, err := tx.Task("task-staged")
-		require.NoError(t, err)
-		require.Equal(t, "new", task.Profile)
+		if err != nil {
+			return err
+		}
+		if err := expect("profile of new task", "new", task.Profile); err != nil {
+			return err
+		}
 
 		// Replaced records.
-		require.NoError(t, tx.PutJob(&ondemand.Job{ID: "job-stored", Kind: "replaced"}))
-		j, err = tx.Job("job-stored")
-		require.NoError(t, err)
-		require.Equal(t, "replaced", j.Kind)
+		if err := tx.PutJob(&ondemand.Job{ID: "job-stored", Kind: "replaced"}); err != nil {
+			return err
+		}
+		if j, err = tx.Job("job-stored"); err != nil {
+			return err
+		}
+		if err := expect("kind of replaced job", "replaced", j.Kind); err != nil {
+			return err
+		}
+		if err := tx.PutTask(&ondemand.Task{ID: "task-stored", Profile: "replaced"}); err != nil {
+			return err
+		}
+		if task, err = tx.Task("task-stored"); err != nil {
+			return err
+		}
+		if err := expect("profile of replaced task", "replaced", task.Profile); err != nil {
+			return err
+		}
 
-		require.NoError(t, tx.PutTask(&ondemand.Task{ID: "task-stored", Profile: "replaced"}))
-		task, err = tx.Task("task-stored")
-		require.NoError(t, err)
-		require.Equal(t, "replaced", task.Profile)
-
-		// ForEach sees staged records once, with their staged values.
-		kinds := map[string]string{}
-		require.NoError(t, tx.ForEachJob(func(j *ondemand.Job) bool {
-			require.NotContains(t, kinds, j.ID, "job seen twice")
-			kinds[j.ID] = j.Kind
+		// ForEach sees each record once, with its staged value.
+		var kinds []string
+		if err := tx.ForEachJob(func(j *ondemand.Job) bool {
+			kinds = append(kinds, j.ID+"="+j.Kind)
 			return true
-		}))
-		require.Equal(t, map[string]string{"job-stored": "replaced", "job-staged": "new"}, kinds)
-
-		profiles := map[string]string{}
-		require.NoError(t, tx.ForEachTask(func(task *ondemand.Task) bool {
-			require.NotContains(t, profiles, task.ID, "task seen twice")
-			profiles[task.ID] = task.Profile
+		}); err != nil {
+			return err
+		}
+		slices.Sort(kinds)
+		if err := expect("ForEachJob", []string{"job-staged=new", "job-stored=replaced"}, kinds); err != nil {
+			return err
+		}
+		var profiles []string
+		if err := tx.ForEachTask(func(task *ondemand.Task) bool {
+			profiles = append(profiles, task.ID+"="+task.Profile)
 			return true
-		}))
-		require.Equal(t, map[string]string{"task-stored": "replaced", "task-staged": "new"}, profiles)
+		}); err != nil {
+			return err
+		}
+		slices.Sort(profiles)
+		if err := expect("ForEachTask", []string{"task-staged=new", "task-stored=replaced"}, profiles); err != nil {
+			return err
+		}
 
 		// Events: the stored one followed by staged ones.
-		require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 2, JobID: "job-stored", Type: ondemand.EventRunning}))
-		require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-stored", Type: ondemand.EventDone}))
-		require.Equal(t, []int64{1, 2, 3}, seqsIn(t, tx, "job-stored", 0))
-		require.Equal(t, []int64{3}, seqsIn(t, tx, "job-stored", 2))
-
-		require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-staged", Type: ondemand.EventQueued}))
-		require.Equal(t, []int64{1}, seqsIn(t, tx, "job-staged", 0))
-		return nil
+		for seq := int64(2); seq <= 3; seq++ {
+			if err := tx.AppendEvent(ondemand.Event{Seq: seq, JobID: "job-stored"}); err != nil {
+				return err
+			}
+		}
+		if err := expectSeqs(tx, "job-stored", 0, []int64{1, 2, 3}); err != nil {
+			return err
+		}
+		if err := expectSeqs(tx, "job-stored", 2, []int64{3}); err != nil {
+			return err
+		}
+		if err := tx.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-staged"}); err != nil {
+			return err
+		}
+		return expectSeqs(tx, "job-staged", 0, []int64{1})
 	})
 }
 
 func testForEach(t *testing.T, s ondemand.Store) {
 	t.Run("empty store", func(t *testing.T) {
+		var jobCalls, taskCalls int
 		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
-			if err := tx.ForEachJob(func(*ondemand.Job) bool {
-				t.Error("ForEachJob called fn on an empty store")
-				return true
-			}); err != nil {
+			if err := tx.ForEachJob(func(*ondemand.Job) bool { jobCalls++; return true }); err != nil {
 				return err
 			}
-			return tx.ForEachTask(func(*ondemand.Task) bool {
-				t.Error("ForEachTask called fn on an empty store")
-				return true
-			})
+			return tx.ForEachTask(func(*ondemand.Task) bool { taskCalls++; return true })
 		})
 		require.NoError(t, err)
+		require.Zero(t, jobCalls, "ForEachJob calls on an empty store")
+		require.Zero(t, taskCalls, "ForEachTask calls on an empty store")
 	})
 
 	const n = 25
@@ -362,12 +409,16 @@ func testForEach(t *testing.T, s ondemand.Store) {
 	t.Run("all", func(t *testing.T) {
 		var jobs, tasks []string
 		err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+			var decodeErr error
 			if err := tx.ForEachJob(func(j *ondemand.Job) bool {
-				require.Equal(t, normalJob(fullJob(j.ID)).Payload, j.Payload, "job %s decoded fully", j.ID)
 				jobs = append(jobs, j.ID)
-				return true
+				decodeErr = expect("payload of "+j.ID, fullJob(j.ID).Payload, j.Payload)
+				return decodeErr == nil
 			}); err != nil {
 				return err
+			}
+			if decodeErr != nil {
+				return decodeErr
 			}
 			return tx.ForEachTask(func(task *ondemand.Task) bool {
 				tasks = append(tasks, task.ID)
@@ -399,8 +450,9 @@ func testForEach(t *testing.T, s ondemand.Store) {
 	})
 }
 
-// testForEachWithWrites checks that an Update may write while it iterates,
-// as a recovery pass that fixes records it finds would.
+// testForEachWithWrites checks that an Update may replace the records it
+// iterates over, as a recovery pass that fixes what it finds does. Every
+// record is seen exactly once.
 func testForEachWithWrites(t *testing.T, s ondemand.Store) {
 	const n = 40
 	put(t, s, func(tx ondemand.Tx) error {
@@ -418,25 +470,33 @@ func testForEachWithWrites(t *testing.T, s ondemand.Store) {
 	seenJobs := map[string]int{}
 	seenTasks := map[string]int{}
 	put(t, s, func(tx ondemand.Tx) error {
+		// A store may run fn more than once, so count only the last run.
+		clear(seenJobs)
+		clear(seenTasks)
+		var putErr error
 		err := tx.ForEachJob(func(j *ondemand.Job) bool {
 			seenJobs[j.ID]++
-			if j.State != ondemand.StateQueued {
-				return true // a record this pass wrote, which a store may or may not show
-			}
 			j.State = ondemand.StateCancelled
 			j.Payload = make([]byte, 2000) // grow the value so that pages split
-			require.NoError(t, tx.PutJob(j))
-			return true
+			putErr = tx.PutJob(j)
+			return putErr == nil
 		})
 		if err != nil {
 			return err
 		}
-		return tx.ForEachTask(func(task *ondemand.Task) bool {
+		if putErr != nil {
+			return putErr
+		}
+		err = tx.ForEachTask(func(task *ondemand.Task) bool {
 			seenTasks[task.ID]++
 			task.State = ondemand.TaskStopped
-			require.NoError(t, tx.PutTask(task))
-			return true
+			putErr = tx.PutTask(task)
+			return putErr == nil
 		})
+		if err != nil {
+			return err
+		}
+		return putErr
 	})
 
 	require.Len(t, seenJobs, n)
@@ -583,29 +643,42 @@ func testAppendEventGap(t *testing.T, s ondemand.Store) {
 	require.Empty(t, events(t, s, "job-fresh", 0))
 
 	t.Run("gap inside one transaction", func(t *testing.T) {
+		var repeatErr, gapErr error
 		err := s.Update(t.Context(), func(tx ondemand.Tx) error {
-			require.NoError(t, tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-two"}))
-			require.Error(t, tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-two"}), "staged seq 3 repeated")
-			require.Error(t, tx.AppendEvent(ondemand.Event{Seq: 5, JobID: "job-two"}), "gap after staged seq 3")
+			if err := tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-two"}); err != nil {
+				return err
+			}
+			repeatErr = tx.AppendEvent(ondemand.Event{Seq: 3, JobID: "job-two"})
+			gapErr = tx.AppendEvent(ondemand.Event{Seq: 5, JobID: "job-two"})
 			return tx.AppendEvent(ondemand.Event{Seq: 4, JobID: "job-two"})
 		})
 		require.NoError(t, err)
+		require.Error(t, repeatErr, "staged sequence 3 appended twice")
+		require.Error(t, gapErr, "sequence 5 after staged 3")
 		require.Equal(t, []int64{1, 2, 3, 4}, seqs(t, s, "job-two"))
 	})
 }
 
 func testViewReadOnly(t *testing.T, s ondemand.Store) {
+	writable := false
+	var putJobErr, putTaskErr, appendErr error
 	err := s.View(t.Context(), func(rtx ondemand.ReadTx) error {
 		w, ok := rtx.(ondemand.Tx)
 		if !ok {
 			return nil // read-only by type
 		}
-		require.Error(t, w.PutJob(&ondemand.Job{ID: "job-from-view"}), "PutJob in View")
-		require.Error(t, w.PutTask(&ondemand.Task{ID: "task-from-view"}), "PutTask in View")
-		require.Error(t, w.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-from-view"}), "AppendEvent in View")
+		writable = true
+		putJobErr = w.PutJob(&ondemand.Job{ID: "job-from-view"})
+		putTaskErr = w.PutTask(&ondemand.Task{ID: "task-from-view"})
+		appendErr = w.AppendEvent(ondemand.Event{Seq: 1, JobID: "job-from-view"})
 		return nil
 	})
 	require.NoError(t, err)
+	if writable {
+		require.Error(t, putJobErr, "PutJob in View")
+		require.Error(t, putTaskErr, "PutTask in View")
+		require.Error(t, appendErr, "AppendEvent in View")
+	}
 
 	requireJobMissing(t, s, "job-from-view")
 	requireTaskMissing(t, s, "task-from-view")
@@ -758,46 +831,57 @@ func testReturnedValuesAreCopies(t *testing.T, s ondemand.Store) {
 		*task.ExitCode = 99
 	}
 
-	// Values from Job, Task and ForEach, in View and in Update.
-	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+	// mutateAll changes every value the transaction returns, then reads
+	// the job again in the same transaction.
+	mutateAll := func(tx ondemand.ReadTx) (*ondemand.Job, error) {
 		j, err := tx.Job(orig.ID)
-		require.NoError(t, err)
+		if err != nil {
+			return nil, err
+		}
 		mutateJob(j)
 		task, err := tx.Task("task-copy")
-		require.NoError(t, err)
+		if err != nil {
+			return nil, err
+		}
 		mutateTask(task)
-		require.NoError(t, tx.ForEachJob(func(j *ondemand.Job) bool { mutateJob(j); return true }))
-		require.NoError(t, tx.ForEachTask(func(task *ondemand.Task) bool { mutateTask(task); return true }))
+		if err := tx.ForEachJob(func(j *ondemand.Job) bool { mutateJob(j); return true }); err != nil {
+			return nil, err
+		}
+		if err := tx.ForEachTask(func(task *ondemand.Task) bool { mutateTask(task); return true }); err != nil {
+			return nil, err
+		}
+		return tx.Job(orig.ID)
+	}
 
-		// The same transaction still reads the stored values.
-		j, err = tx.Job(orig.ID)
-		require.NoError(t, err)
-		require.Equal(t, normalJob(orig), normalJob(j), "within View")
-		return nil
+	var inView, inUpdate *ondemand.Job
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) (err error) {
+		inView, err = mutateAll(tx)
+		return err
 	})
 	require.NoError(t, err)
+	require.Equal(t, normalJob(orig), normalJob(inView), "read again within View")
 
-	put(t, s, func(tx ondemand.Tx) error {
-		j, err := tx.Job(orig.ID)
-		require.NoError(t, err)
-		mutateJob(j)
-		task, err := tx.Task("task-copy")
-		require.NoError(t, err)
-		mutateTask(task)
-		return nil
+	put(t, s, func(tx ondemand.Tx) (err error) {
+		inUpdate, err = mutateAll(tx)
+		return err
 	})
+	require.Equal(t, normalJob(orig), normalJob(inUpdate), "read again within Update")
 
 	require.Equal(t, normalJob(orig), normalJob(getJob(t, s, orig.ID)))
 	require.Equal(t, normalTask(task), normalTask(getTask(t, s, "task-copy")))
 }
 
 func testStoredValuesAreCopies(t *testing.T, s ondemand.Store) {
-	j := fullJob("job-in")
-	task := fullTask("task-in")
-	want := normalJob(j)
-	wantTask := normalTask(task)
+	origJob := fullJob("job-in")
+	origTask := fullTask("task-in")
+	want := normalJob(origJob)
+	wantTask := normalTask(origTask)
 
+	var j *ondemand.Job
+	var task *ondemand.Task
 	put(t, s, func(tx ondemand.Tx) error {
+		// Fresh copies on every run keep fn idempotent.
+		j, task = origJob.Clone(), origTask.Clone()
 		if err := tx.PutJob(j); err != nil {
 			return err
 		}
@@ -938,12 +1022,22 @@ func seqs(t *testing.T, s ondemand.Store, jobID string) []int64 {
 	return out
 }
 
-func seqsIn(t *testing.T, tx ondemand.ReadTx, jobID string, after int64) []int64 {
-	t.Helper()
-	var out []int64
-	require.NoError(t, tx.Events(jobID, after, func(e ondemand.Event) bool {
-		out = append(out, e.Seq)
+// expect returns an error naming what differs when want and got are not
+// deeply equal; it is for checks inside fn, where require must not run.
+func expect(what string, want, got any) error {
+	if !reflect.DeepEqual(want, got) {
+		return fmt.Errorf("%s: want %#v, got %#v", what, want, got)
+	}
+	return nil
+}
+
+func expectSeqs(tx ondemand.ReadTx, jobID string, after int64, want []int64) error {
+	var got []int64
+	if err := tx.Events(jobID, after, func(e ondemand.Event) bool {
+		got = append(got, e.Seq)
 		return true
-	}))
-	return slices.Clip(out)
+	}); err != nil {
+		return err
+	}
+	return expect(fmt.Sprintf("sequences of job %q after %d", jobID, after), want, got)
 }

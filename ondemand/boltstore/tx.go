@@ -1,0 +1,235 @@
+package boltstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/odrkit/odrkit/ondemand"
+)
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketJobs    = []byte("jobs")
+	bucketTasks   = []byte("tasks")
+	bucketEvents  = []byte("events")
+	bucketLastSeq = []byte("event_last_seq")
+
+	keyFormatVersion = []byte("format_version")
+)
+
+// tx implements ondemand.Tx on a bbolt transaction. One tx serves one run
+// of one fn.
+type tx struct {
+	btx  *bolt.Tx
+	path string
+	// writes counts puts, so that an iteration notices that fn wrote and
+	// repositions its cursor, which bbolt requires after a write.
+	writes int
+}
+
+func newTx(btx *bolt.Tx, path string) *tx {
+	return &tx{btx: btx, path: path}
+}
+
+// readOnlyTx hides the write methods of a tx from View's fn.
+type readOnlyTx struct {
+	ondemand.ReadTx
+}
+
+func (t *tx) Job(id string) (*ondemand.Job, error) {
+	v := t.btx.Bucket(bucketJobs).Get([]byte(id))
+	if v == nil {
+		return nil, fmt.Errorf("job %q: %w", id, ondemand.ErrNotFound)
+	}
+	return t.decodeJob(id, v)
+}
+
+func (t *tx) Task(id string) (*ondemand.Task, error) {
+	v := t.btx.Bucket(bucketTasks).Get([]byte(id))
+	if v == nil {
+		return nil, fmt.Errorf("task %q: %w", id, ondemand.ErrNotFound)
+	}
+	return t.decodeTask(id, v)
+}
+
+func (t *tx) ForEachJob(fn func(*ondemand.Job) bool) error {
+	return t.iterate(bucketJobs, nil, func(k, v []byte) (bool, error) {
+		j, err := t.decodeJob(string(k), v)
+		if err != nil {
+			return false, err
+		}
+		return fn(j), nil
+	})
+}
+
+func (t *tx) ForEachTask(fn func(*ondemand.Task) bool) error {
+	return t.iterate(bucketTasks, nil, func(k, v []byte) (bool, error) {
+		task, err := t.decodeTask(string(k), v)
+		if err != nil {
+			return false, err
+		}
+		return fn(task), nil
+	})
+}
+
+func (t *tx) Events(jobID string, after int64, fn func(ondemand.Event) bool) error {
+	prefix := eventPrefix(jobID)
+	start := eventKey(jobID, max(after, 0)+1)
+	return t.iterate(bucketEvents, start, func(k, v []byte) (bool, error) {
+		if !bytes.HasPrefix(k, prefix) {
+			return false, nil
+		}
+		if len(k) != len(prefix)+8 {
+			// An event of another job whose ID is this one followed by a
+			// zero byte and more; keys of that job can sort among ours.
+			return true, nil
+		}
+		var e ondemand.Event
+		if err := json.Unmarshal(v, &e); err != nil {
+			return false, fmt.Errorf("decode event %d of job %q in %s: %w", binary.BigEndian.Uint64(k[len(prefix):]), jobID, t.path, err)
+		}
+		return fn(e), nil
+	})
+}
+
+// iterate calls visit with each key and value of bucket from start (nil:
+// the first key) until visit returns false or an error. visit may write
+// to the bucket: the cursor then seeks back to the last key it visited, so
+// replaced records are not visited twice.
+func (t *tx) iterate(bucket, start []byte, visit func(k, v []byte) (bool, error)) error {
+	c := t.btx.Bucket(bucket).Cursor()
+	var k, v []byte
+	if start == nil {
+		k, v = c.First()
+	} else {
+		k, v = c.Seek(start)
+	}
+	for k != nil {
+		key := bytes.Clone(k)
+		writes := t.writes
+		more, err := visit(key, v)
+		if err != nil || !more {
+			return err
+		}
+		if t.writes == writes {
+			k, v = c.Next()
+			continue
+		}
+		k, v = c.Seek(key)
+		if k != nil && bytes.Equal(k, key) {
+			k, v = c.Next()
+		}
+	}
+	return nil
+}
+
+func (t *tx) PutJob(j *ondemand.Job) error {
+	if j == nil {
+		return fmt.Errorf("put job: the job is nil: pass a *Job")
+	}
+	if j.ID == "" {
+		return fmt.Errorf("put job: the job ID is empty: set Job.ID")
+	}
+	v, err := json.Marshal(j)
+	if err != nil {
+		return fmt.Errorf("put job %q: encode: %w", j.ID, err)
+	}
+	if err := t.btx.Bucket(bucketJobs).Put([]byte(j.ID), v); err != nil {
+		return fmt.Errorf("put job %q: %w", j.ID, err)
+	}
+	t.writes++
+	return nil
+}
+
+func (t *tx) PutTask(task *ondemand.Task) error {
+	if task == nil {
+		return fmt.Errorf("put task: the task is nil: pass a *Task")
+	}
+	if task.ID == "" {
+		return fmt.Errorf("put task: the task ID is empty: set Task.ID")
+	}
+	v, err := json.Marshal(task)
+	if err != nil {
+		return fmt.Errorf("put task %q: encode: %w", task.ID, err)
+	}
+	if err := t.btx.Bucket(bucketTasks).Put([]byte(task.ID), v); err != nil {
+		return fmt.Errorf("put task %q: %w", task.ID, err)
+	}
+	t.writes++
+	return nil
+}
+
+func (t *tx) AppendEvent(e ondemand.Event) error {
+	if e.JobID == "" {
+		return fmt.Errorf("append event: the job ID is empty: set Event.JobID")
+	}
+	seqs := t.btx.Bucket(bucketLastSeq)
+	var last int64
+	if v := seqs.Get([]byte(e.JobID)); v != nil {
+		var err error
+		if last, err = decodeSeq(v); err != nil {
+			return fmt.Errorf("append event to job %q: read last sequence in %s: %w", e.JobID, t.path, err)
+		}
+	}
+	if e.Seq != last+1 {
+		return fmt.Errorf("append event to job %q: sequence %d does not follow the last stored sequence %d: use %d", e.JobID, e.Seq, last, last+1)
+	}
+
+	v, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("append event %d to job %q: encode: %w", e.Seq, e.JobID, err)
+	}
+	if err := t.btx.Bucket(bucketEvents).Put(eventKey(e.JobID, e.Seq), v); err != nil {
+		return fmt.Errorf("append event %d to job %q: %w", e.Seq, e.JobID, err)
+	}
+	if err := seqs.Put([]byte(e.JobID), encodeSeq(e.Seq)); err != nil {
+		return fmt.Errorf("append event %d to job %q: store last sequence: %w", e.Seq, e.JobID, err)
+	}
+	t.writes++
+	return nil
+}
+
+func (t *tx) decodeJob(id string, v []byte) (*ondemand.Job, error) {
+	var j ondemand.Job
+	if err := json.Unmarshal(v, &j); err != nil {
+		return nil, fmt.Errorf("decode job %q in %s: %w", id, t.path, err)
+	}
+	return &j, nil
+}
+
+func (t *tx) decodeTask(id string, v []byte) (*ondemand.Task, error) {
+	var task ondemand.Task
+	if err := json.Unmarshal(v, &task); err != nil {
+		return nil, fmt.Errorf("decode task %q in %s: %w", id, t.path, err)
+	}
+	return &task, nil
+}
+
+// eventPrefix returns the part of the event keys of a job before the
+// sequence.
+func eventPrefix(jobID string) []byte {
+	p := make([]byte, 0, len(jobID)+1+8)
+	p = append(p, jobID...)
+	return append(p, 0)
+}
+
+// eventKey returns the key of a job's event: the job ID, a zero byte and
+// the sequence as 8 bytes big-endian.
+func eventKey(jobID string, seq int64) []byte {
+	return binary.BigEndian.AppendUint64(eventPrefix(jobID), uint64(seq))
+}
+
+func encodeSeq(seq int64) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(seq))
+}
+
+func decodeSeq(v []byte) (int64, error) {
+	if len(v) != 8 {
+		return 0, fmt.Errorf("invalid sequence value of %d bytes, want 8: the file is damaged", len(v))
+	}
+	return int64(binary.BigEndian.Uint64(v)), nil
+}
