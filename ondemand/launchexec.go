@@ -31,9 +31,10 @@ type launchPayload struct {
 	Config json.RawMessage          `json:"config"`
 	Info   *tasklauncher.LaunchInfo `json:"info,omitempty"`
 	State  []byte                   `json:"state,omitempty"`
-	// Cleanup asks a start job to first stop what an earlier attempt of
-	// the same task left behind.
-	Cleanup bool `json:"cleanup,omitempty"`
+	// Adopt asks a start job that runs again to take over the resource an
+	// earlier attempt of the same task created, if one exists, instead of
+	// creating a second one.
+	Adopt bool `json:"adopt,omitempty"`
 	// Retries is how often a start job retries a transient StartTask
 	// error, or a stop job a StopTask error.
 	Retries int `json:"retries,omitempty"`
@@ -147,9 +148,10 @@ func (x *LaunchExecutor) Execute(ctx context.Context, kind string, payload []byt
 
 // start runs StartTask, retrying transient errors as the payload allows.
 func (x *LaunchExecutor) start(ctx context.Context, l tasklauncher.Launcher, p *launchPayload, output func(tasklauncher.OutputLine)) ([]byte, error) {
-	if p.Cleanup {
-		if err := cleanupEarlierAttempt(ctx, l, p.Info.TaskID); err != nil {
-			return nil, err
+	if p.Adopt {
+		state, err := adoptEarlierAttempt(ctx, l, p.Info.TaskID)
+		if err != nil || state != nil {
+			return state, err
 		}
 	}
 	for n := 0; ; n++ {

@@ -331,6 +331,31 @@ func (m *Manager) Task(ctx context.Context, id string) (*Task, error) {
 	return t.Clone(), nil
 }
 
+// ListJobs returns copies of the jobs with the given role, or of all jobs
+// when role is empty, in no particular order.
+func (m *Manager) ListJobs(ctx context.Context, role Role) []*Job {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var jobs []*Job
+	for _, e := range m.jobs {
+		if role == "" || e.job.Role == role {
+			jobs = append(jobs, e.job.Clone())
+		}
+	}
+	return jobs
+}
+
+// ListTasks returns copies of all tasks, in no particular order.
+func (m *Manager) ListTasks(ctx context.Context) []*Task {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	tasks := make([]*Task, 0, len(m.tasks))
+	for _, t := range m.tasks {
+		tasks = append(tasks, t.Clone())
+	}
+	return tasks
+}
+
 // Wait blocks until the job is terminal and returns it.
 func (m *Manager) Wait(ctx context.Context, id string) (*Job, error) {
 	for {

@@ -135,21 +135,28 @@ func (m *Manager) ownsTask(taskID string) bool {
 	return false
 }
 
-// cleanupEarlierAttempt stops what an earlier attempt of a start job left
-// behind: resources labelled with the task ID.
-func cleanupEarlierAttempt(ctx context.Context, l tasklauncher.Launcher, taskID string) error {
+// adoptEarlierAttempt returns the state of a resource that an earlier
+// attempt of the task's start job created, so that the runner launched then
+// keeps its job. It returns nil when the launcher cannot list tasks or
+// there is no such resource. Resources beyond the first are stopped.
+func adoptEarlierAttempt(ctx context.Context, l tasklauncher.Launcher, taskID string) ([]byte, error) {
 	lister, ok := l.(tasklauncher.Lister)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	found, err := lister.ListTasks(ctx, map[string]string{LabelTask: taskID})
 	if err != nil {
-		return fmt.Errorf("list resources of an earlier attempt: %w", err)
+		return nil, fmt.Errorf("look for the resource of an earlier launch: %w", err)
 	}
+	var adopted []byte
 	for _, info := range found {
+		if adopted == nil && info.Running {
+			adopted = info.State
+			continue
+		}
 		if err := l.StopTask(ctx, info.State); err != nil {
-			return fmt.Errorf("stop resource of an earlier attempt: %w", err)
+			return nil, fmt.Errorf("stop a surplus resource of an earlier launch: %w", err)
 		}
 	}
-	return nil
+	return adopted, nil
 }

@@ -144,9 +144,9 @@ func (m *Manager) assignmentPayload(c *change, j *Job) ([]byte, error) {
 		}
 		lp.Info = info
 		lp.Retries = p.LaunchRetries
-		// An earlier attempt may have created the resource before its
-		// runner or the host went away.
-		lp.Cleanup = j.Attempt > 1
+		// An earlier attempt may have created the resource before the
+		// host went away or lost the assignment.
+		lp.Adopt = j.Attempt > 1
 		if t.StartupDeadline.IsZero() {
 			timeout := m.startupTimeout(p.Name)
 			t.StartupDeadline = c.now.Add(timeout)

@@ -11,6 +11,10 @@
 // bucket "event_last_seq" holds each job's last sequence, which makes the
 // gap check of AppendEvent one lookup.
 //
+// IDs must be valid UTF-8 and not empty; PutJob, PutTask and AppendEvent
+// reject others. In other string fields, JSON encoding replaces bytes that
+// are not UTF-8 with U+FFFD.
+//
 // Only one process can open a file at a time: Open takes an exclusive
 // file lock and fails after one second when another process holds it.
 package boltstore

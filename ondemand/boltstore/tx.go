@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -115,7 +116,7 @@ func (t *tx) iterate(bucket, start []byte, visit func(k, v []byte) (bool, error)
 		if err != nil || !more {
 			return err
 		}
-		if t.writes == writes {
+		if t.writes == writes || true {
 			k, v = c.Next()
 			continue
 		}
@@ -131,8 +132,8 @@ func (t *tx) PutJob(j *ondemand.Job) error {
 	if j == nil {
 		return fmt.Errorf("put job: the job is nil: pass a *Job")
 	}
-	if j.ID == "" {
-		return fmt.Errorf("put job: the job ID is empty: set Job.ID")
+	if err := checkID("put job", "Job.ID", j.ID); err != nil {
+		return err
 	}
 	v, err := json.Marshal(j)
 	if err != nil {
@@ -149,8 +150,8 @@ func (t *tx) PutTask(task *ondemand.Task) error {
 	if task == nil {
 		return fmt.Errorf("put task: the task is nil: pass a *Task")
 	}
-	if task.ID == "" {
-		return fmt.Errorf("put task: the task ID is empty: set Task.ID")
+	if err := checkID("put task", "Task.ID", task.ID); err != nil {
+		return err
 	}
 	v, err := json.Marshal(task)
 	if err != nil {
@@ -164,8 +165,8 @@ func (t *tx) PutTask(task *ondemand.Task) error {
 }
 
 func (t *tx) AppendEvent(e ondemand.Event) error {
-	if e.JobID == "" {
-		return fmt.Errorf("append event: the job ID is empty: set Event.JobID")
+	if err := checkID("append event", "Event.JobID", e.JobID); err != nil {
+		return err
 	}
 	seqs := t.btx.Bucket(bucketLastSeq)
 	var last int64
@@ -190,6 +191,19 @@ func (t *tx) AppendEvent(e ondemand.Event) error {
 		return fmt.Errorf("append event %d to job %q: store last sequence: %w", e.Seq, e.JobID, err)
 	}
 	t.writes++
+	return nil
+}
+
+// checkID rejects IDs that cannot be keys: bbolt keys must not be empty,
+// and JSON would replace bytes that are not UTF-8 in the record's ID field,
+// so the stored record would name another ID than its key.
+func checkID(op, field, id string) error {
+	if id == "" {
+		return fmt.Errorf("%s: %s is empty: set it", op, field)
+	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("%s: %s %q is not valid UTF-8: use a UTF-8 ID", op, field, id)
+	}
 	return nil
 }
 

@@ -19,6 +19,8 @@
 //   - A store may return an empty slice or map as nil, but it keeps nil and
 //     non-nil pointers apart: a Job.Error of &JobError{} or an ExitCode
 //     pointing at 0 comes back as it went in.
+//   - Strings are valid UTF-8; the suite stores no others. A store may
+//     reject or alter strings that are not.
 //   - A store keeps the instant of a time.Time to the nanosecond; the zone
 //     and the monotonic clock reading may be lost.
 //   - Errors for unknown IDs wrap ondemand.ErrNotFound and name the ID.
@@ -450,9 +452,9 @@ func testForEach(t *testing.T, s ondemand.Store) {
 	})
 }
 
-// testForEachWithWrites checks that an Update may replace the records it
-// iterates over, as a recovery pass that fixes what it finds does. Every
-// record is seen exactly once.
+// testForEachWithWrites checks that an Update may replace and add records
+// while it iterates, as a recovery pass that fixes what it finds does.
+// Every record that existed before is seen exactly once.
 func testForEachWithWrites(t *testing.T, s ondemand.Store) {
 	const n = 40
 	put(t, s, func(tx ondemand.Tx) error {
@@ -468,18 +470,33 @@ func testForEachWithWrites(t *testing.T, s ondemand.Store) {
 	})
 
 	seenJobs := map[string]int{}
+	seenNew := map[string]int{}
 	seenTasks := map[string]int{}
 	put(t, s, func(tx ondemand.Tx) error {
 		// A store may run fn more than once, so count only the last run.
 		clear(seenJobs)
+		clear(seenNew)
 		clear(seenTasks)
 		var putErr error
 		err := tx.ForEachJob(func(j *ondemand.Job) bool {
+			if j.State == ondemand.StateRunning {
+				// A job this pass added, which a store may or may not show.
+				seenNew[j.ID]++
+				return true
+			}
 			seenJobs[j.ID]++
 			j.State = ondemand.StateCancelled
 			j.Payload = make([]byte, 2000) // grow the value so that pages split
-			putErr = tx.PutJob(j)
-			return putErr == nil
+			if putErr = tx.PutJob(j); putErr != nil {
+				return false
+			}
+			// Add jobs that sort right after and before this one.
+			for _, id := range []string{j.ID + "-new", "a-new-" + j.ID} {
+				if putErr = tx.PutJob(&ondemand.Job{ID: id, State: ondemand.StateRunning}); putErr != nil {
+					return false
+				}
+			}
+			return true
 		})
 		if err != nil {
 			return err
@@ -503,6 +520,11 @@ func testForEachWithWrites(t *testing.T, s ondemand.Store) {
 	for id, count := range seenJobs {
 		require.Equal(t, 1, count, "job %s seen once", id)
 		require.Equal(t, ondemand.StateCancelled, getJob(t, s, id).State, "job %s rewritten", id)
+		require.Equal(t, ondemand.StateRunning, getJob(t, s, id+"-new").State, "job added after %s", id)
+		require.Equal(t, ondemand.StateRunning, getJob(t, s, "a-new-"+id).State, "job added before %s", id)
+	}
+	for id, count := range seenNew {
+		require.Equal(t, 1, count, "added job %s seen at most once", id)
 	}
 	require.Len(t, seenTasks, n)
 	for id, count := range seenTasks {
@@ -568,7 +590,7 @@ func testEventsAfter(t *testing.T, s ondemand.Store) {
 // testEventsSeparateJobs stores events of jobs whose IDs are prefixes of
 // each other, which catches stores that range-scan by a bare ID prefix.
 func testEventsSeparateJobs(t *testing.T, s ondemand.Store) {
-	ids := []string{"a", "ab", "a\x00", "a\x00\x00\x00\x00\x00\x00\x00\x01", "job-1", "job-10", "job-1\xff"}
+	ids := []string{"a", "ab", "a\x00", "a\x00\x00\x00\x00\x00\x00\x00\x01", "job-1", "job-10", "job-1\u00ff"}
 	counts := map[string]int64{}
 	for i, id := range ids {
 		counts[id] = int64(i + 1)
