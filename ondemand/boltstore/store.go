@@ -104,8 +104,8 @@ type request struct {
 
 type result struct {
 	err error
-	// runAlone asks the caller to run fn in a transaction of its own,
-	// because fn panicked in the shared one; the panic then happens on the
+	// runAlone tells the caller to run fn in a transaction of its own,
+	// because fn panicked in the shared one. The panic then happens on the
 	// caller's goroutine.
 	runAlone bool
 }
@@ -161,7 +161,7 @@ func Open(path string, opts Options) (*Store, error) {
 func openError(path string, err error) error {
 	switch {
 	case errors.Is(err, bolterrors.ErrTimeout):
-		return fmt.Errorf("open bolt store %s: another process holds the file's lock (waited %s): stop that process or use another path: %w", path, lockTimeout, err)
+		return fmt.Errorf("open bolt store %s: timed out after %s waiting for the file lock, which another process holds: stop that process or use another path: %w", path, lockTimeout, err)
 	case errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("open bolt store %s: the directory does not exist: create it first: %w", path, err)
 	case errors.Is(err, fs.ErrPermission):

@@ -253,7 +253,7 @@ func TestOpenLockedFile(t *testing.T) {
 			require.Nil(t, s)
 			require.ErrorIs(t, err, bolterrors.ErrTimeout)
 			require.ErrorContains(t, err, path)
-			require.ErrorContains(t, err, "another process holds the file's lock")
+			require.ErrorContains(t, err, "waiting for the file lock, which another process holds")
 			// Open gives up after lockTimeout; the bound only shows it does
 			// not hang.
 			require.Less(t, waited, lockTimeout+5*time.Second)
@@ -339,18 +339,12 @@ func TestOpenErrors(t *testing.T) {
 
 func TestOpenCreatesPrivateFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "odrkit.db")
-	s := openTempAt(t, path)
+	s, err := Open(path, Options{})
+	require.NoError(t, err)
 	info, err := os.Stat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
 	require.NoError(t, s.Close())
-}
-
-func openTempAt(t *testing.T, path string) *Store {
-	t.Helper()
-	s, err := Open(path, Options{})
-	require.NoError(t, err)
-	return s
 }
 
 func TestUpdateAfterCloseReturnsErrClosed(t *testing.T) {
@@ -371,24 +365,19 @@ func plug(t *testing.T, s *Store) (unplug func()) {
 	running := make(chan struct{})
 	release := make(chan struct{})
 	var wg sync.WaitGroup
+	var err error
 	wg.Go(func() {
-		err := s.Update(context.Background(), func(ondemand.Tx) error {
-			select {
-			case <-running: // a rerun after another fn failed
-			default:
-				close(running)
-			}
+		err = s.Update(context.Background(), func(ondemand.Tx) error {
+			close(running) // the plugging fn runs alone, so it runs once
 			<-release
 			return nil
 		})
-		if err != nil {
-			t.Errorf("plugging update: %v", err)
-		}
 	})
 	<-running
 	return func() {
 		close(release)
 		wg.Wait()
+		require.NoError(t, err, "plugging update")
 	}
 }
 
@@ -577,7 +566,7 @@ func TestCloseWaitsForQueuedUpdates(t *testing.T) {
 	go func() { closed <- s.Close() }()
 	select {
 	case err := <-closed:
-		t.Fatalf("Close returned %v while an Update was queued", err)
+		require.Fail(t, "Close returned while an Update was queued", "Close returned %v", err)
 	case <-time.After(50 * time.Millisecond):
 	}
 	unplug()

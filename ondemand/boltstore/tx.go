@@ -116,7 +116,7 @@ func (t *tx) iterate(bucket, start []byte, visit func(k, v []byte) (bool, error)
 		if err != nil || !more {
 			return err
 		}
-		if t.writes == writes || true {
+		if t.writes == writes {
 			k, v = c.Next()
 			continue
 		}

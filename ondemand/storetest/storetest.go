@@ -183,7 +183,7 @@ func testNotFound(t *testing.T, s ondemand.Store) {
 	put(t, s, func(tx ondemand.Tx) error { return tx.PutJob(&ondemand.Job{ID: "job-known"}) })
 	put(t, s, func(tx ondemand.Tx) error { return tx.PutTask(&ondemand.Task{ID: "task-known"}) })
 
-	// lookup records the errors of lookups that must fail: an unknown ID,
+	// lookups contains the errors of lookups that must fail: an unknown ID,
 	// and a known ID of the other kind.
 	type lookups struct{ jobMissing, taskMissing, jobIsTask, taskIsJob error }
 	check := func(tx ondemand.ReadTx) (l lookups, err error) {
@@ -333,7 +333,7 @@ func testReadOwnWrites(t *testing.T, s ondemand.Store) {
 			return err
 		}
 
-		// ForEach sees each record once, with its staged value.
+		// ForEach returns each record once, with its staged value.
 		var kinds []string
 		if err := tx.ForEachJob(func(j *ondemand.Job) bool {
 			kinds = append(kinds, j.ID+"="+j.Kind)
@@ -1044,11 +1044,11 @@ func seqs(t *testing.T, s ondemand.Store, jobID string) []int64 {
 	return out
 }
 
-// expect returns an error naming what differs when want and got are not
-// deeply equal; it is for checks inside fn, where require must not run.
-func expect(what string, want, got any) error {
+// expect returns an error naming subject when want and got are not deeply
+// equal. Checks inside fn use it because require must not run there.
+func expect(subject string, want, got any) error {
 	if !reflect.DeepEqual(want, got) {
-		return fmt.Errorf("%s: want %#v, got %#v", what, want, got)
+		return fmt.Errorf("%s: want %#v, got %#v", subject, want, got)
 	}
 	return nil
 }
