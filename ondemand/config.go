@@ -66,6 +66,11 @@ type Config struct {
 	// key, so tokens do not survive a restart of the host process.
 	TokenKey []byte
 
+	// TokenVerifyKeys are earlier signing keys whose tokens are still
+	// accepted. To rotate keys, make the new key TokenKey and move the old
+	// one here until the tokens it signed have expired.
+	TokenVerifyKeys [][]byte
+
 	// StartupTimeout is how long a launched runner has to connect, for
 	// profiles that set no startup_timeout.
 	StartupTimeout time.Duration
@@ -182,6 +187,11 @@ func (c Config) validate() error {
 	}
 	if c.TokenKey != nil && len(c.TokenKey) < 32 {
 		errs = append(errs, fmt.Errorf("Config.TokenKey has %d bytes; use at least 32 random bytes, or nil for a random key", len(c.TokenKey)))
+	}
+	for i, k := range c.TokenVerifyKeys {
+		if len(k) < 32 {
+			errs = append(errs, fmt.Errorf("Config.TokenVerifyKeys[%d] has %d bytes; verification keys are earlier signing keys of at least 32 bytes", i, len(k)))
+		}
 	}
 	if c.Profiles != nil && len(c.Profiles.All()) > 0 {
 		if c.Launchers == nil {

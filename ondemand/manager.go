@@ -62,6 +62,8 @@ type Manager struct {
 	dependents map[string][]string
 	queue      dispatchQueue
 	waiters    waiterSet
+	// revoked maps a runner ID to the time its tokens were revoked.
+	revoked map[string]time.Time
 	// queuedCount counts jobs in state QUEUED.
 	queuedCount int
 	// activeTasks counts, per profile, the tasks whose start job has been
@@ -97,7 +99,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("ondemand: invalid config: %w", err)
 	}
-	signer, err := newTokenSigner(cfg.TokenKey, time.Now)
+	signer, err := newTokenSigner(cfg.TokenKey, cfg.TokenVerifyKeys, time.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +118,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		queue:       newDispatchQueue(),
 		waiters:     newWaiterSet(),
 		activeTasks: make(map[string]int),
+		revoked:     make(map[string]time.Time),
 	}
 	if m.metrics, err = newMetrics(cfg.MeterProvider, m); err != nil {
 		return nil, fmt.Errorf("ondemand: create metrics: %w", err)
@@ -157,6 +160,12 @@ func (m *Manager) load(ctx context.Context) error {
 			if t.active() {
 				m.activeTasks[t.Profile]++
 			}
+			return true
+		}); err != nil {
+			return err
+		}
+		if err := tx.ForEachRevocation(func(r Revocation) bool {
+			m.revoked[r.RunnerID] = r.RevokedAt
 			return true
 		}); err != nil {
 			return err

@@ -431,3 +431,52 @@ func TestMemoryStoreRollsBackFailedUpdate(t *testing.T) {
 	})
 	require.ErrorIs(t, err, ondemand.ErrNotFound)
 }
+
+func TestRevokedTokensRejectedAfterRestart(t *testing.T) {
+	store := ondemand.NewMemoryStore()
+	key := []byte("0123456789abcdef0123456789abcdef")
+	first, err := ondemand.New(t.Context(), ondemand.Config{Store: store, TokenKey: key})
+	require.NoError(t, err)
+	old, err := first.IssueRunnerToken("static-1", nil, time.Hour)
+	require.NoError(t, err)
+	other, err := first.IssueRunnerToken("static-2", nil, time.Hour)
+	require.NoError(t, err)
+	require.NoError(t, first.RevokeRunnerTokens(t.Context(), "static-1"))
+	_, err = first.AuthenticateRunner(old)
+	require.ErrorIs(t, err, ondemand.ErrTokenRevoked)
+	require.ErrorIs(t, err, ondemand.ErrInvalidToken)
+	require.NoError(t, first.Close())
+
+	second := newManager(t, ondemand.Config{Store: store, TokenKey: key})
+	_, err = second.AuthenticateRunner(old)
+	require.ErrorIs(t, err, ondemand.ErrTokenRevoked, "the revocation did not survive the restart")
+	_, err = second.AuthenticateRunner(other)
+	require.NoError(t, err, "a token of another runner was revoked too")
+
+	time.Sleep(time.Millisecond)
+	fresh, err := second.IssueRunnerToken("static-1", nil, time.Hour)
+	require.NoError(t, err)
+	_, err = second.AuthenticateRunner(fresh)
+	require.NoError(t, err, "a token issued after the revocation is rejected")
+}
+
+func TestTokenKeyRotation(t *testing.T) {
+	oldKey := []byte("old-key-old-key-old-key-old-key-")
+	newKey := []byte("new-key-new-key-new-key-new-key-")
+	before := newManager(t, ondemand.Config{TokenKey: oldKey})
+	token, err := before.IssueRunnerToken("r1", nil, time.Hour)
+	require.NoError(t, err)
+
+	rotated := newManager(t, ondemand.Config{TokenKey: newKey, TokenVerifyKeys: [][]byte{oldKey}})
+	_, err = rotated.AuthenticateRunner(token)
+	require.NoError(t, err, "a token of the previous key is rejected during rotation")
+	fresh, err := rotated.IssueRunnerToken("r1", nil, time.Hour)
+	require.NoError(t, err)
+
+	retired := newManager(t, ondemand.Config{TokenKey: newKey})
+	_, err = retired.AuthenticateRunner(token)
+	require.ErrorIs(t, err, ondemand.ErrInvalidToken, "a token of a retired key is accepted")
+	require.ErrorContains(t, err, "unknown key")
+	_, err = retired.AuthenticateRunner(fresh)
+	require.NoError(t, err)
+}

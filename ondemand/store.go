@@ -106,6 +106,16 @@ type ReadTx interface {
 	// Events calls fn for the job's events with Seq greater than after, in
 	// order, until fn returns false.
 	Events(jobID string, after int64, fn func(Event) bool) error
+	// ForEachRevocation calls fn for every runner token revocation until
+	// fn returns false.
+	ForEachRevocation(fn func(Revocation) bool) error
+}
+
+// Revocation invalidates every token issued for a runner ID at or before
+// RevokedAt. Tokens issued later are valid again.
+type Revocation struct {
+	RunnerID  string    `json:"runner_id"`
+	RevokedAt time.Time `json:"revoked_at"`
 }
 
 // Tx is a read-write transaction. Reads see the transaction's own writes.
@@ -118,17 +128,20 @@ type Tx interface {
 	// AppendEvent adds an event to its job's timeline. e.Seq must be one
 	// more than the job's last event.
 	AppendEvent(e Event) error
+	// PutRevocation creates or replaces the revocation of r.RunnerID.
+	PutRevocation(r Revocation) error
 }
 
 // MemoryStore is a Store that keeps everything in memory, for tests and
 // programs that need no durability. Its zero value is not usable; call
 // NewMemoryStore.
 type MemoryStore struct {
-	mu     sync.RWMutex
-	jobs   map[string]*Job
-	tasks  map[string]*Task
-	events map[string][]Event
-	closed bool
+	mu          sync.RWMutex
+	jobs        map[string]*Job
+	tasks       map[string]*Task
+	events      map[string][]Event
+	revocations map[string]Revocation
+	closed      bool
 }
 
 // NewMemoryStore returns an empty in-memory store.
@@ -136,7 +149,8 @@ func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
 		jobs:   make(map[string]*Job),
 		tasks:  make(map[string]*Task),
-		events: make(map[string][]Event),
+		events:      make(map[string][]Event),
+		revocations: make(map[string]Revocation),
 	}
 }
 
@@ -153,7 +167,7 @@ func (s *MemoryStore) Update(ctx context.Context, fn func(tx Tx) error) error {
 	if s.closed {
 		return errStoreClosed
 	}
-	tx := &memTx{store: s, jobs: map[string]*Job{}, tasks: map[string]*Task{}, events: map[string][]Event{}}
+	tx := &memTx{store: s, jobs: map[string]*Job{}, tasks: map[string]*Task{}, events: map[string][]Event{}, revocations: map[string]Revocation{}}
 	if err := fn(tx); err != nil {
 		return err
 	}
@@ -162,6 +176,7 @@ func (s *MemoryStore) Update(ctx context.Context, fn func(tx Tx) error) error {
 	for id, evs := range tx.events {
 		s.events[id] = append(s.events[id], evs...)
 	}
+	maps.Copy(s.revocations, tx.revocations)
 	return nil
 }
 
@@ -188,10 +203,11 @@ func (s *MemoryStore) Close() error {
 
 // memTx reads the store and, in an Update, the staged changes on top.
 type memTx struct {
-	store  *MemoryStore
-	jobs   map[string]*Job
-	tasks  map[string]*Task
-	events map[string][]Event
+	store       *MemoryStore
+	jobs        map[string]*Job
+	tasks       map[string]*Task
+	events      map[string][]Event
+	revocations map[string]Revocation
 }
 
 func (tx *memTx) Job(id string) (*Job, error) {
@@ -259,6 +275,31 @@ func (tx *memTx) Events(jobID string, after int64, fn func(Event) bool) error {
 			return nil
 		}
 	}
+	return nil
+}
+
+func (tx *memTx) ForEachRevocation(fn func(Revocation) bool) error {
+	for id, r := range tx.store.revocations {
+		if staged, ok := tx.revocations[id]; ok {
+			r = staged
+		}
+		if !fn(r) {
+			return nil
+		}
+	}
+	for id, r := range tx.revocations {
+		if _, ok := tx.store.revocations[id]; !ok && !fn(r) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (tx *memTx) PutRevocation(r Revocation) error {
+	if tx.revocations == nil {
+		return errors.New("put revocation: transaction is read-only")
+	}
+	tx.revocations[r.RunnerID] = r
 	return nil
 }
 

@@ -218,9 +218,47 @@ func (m *Manager) IssueRunnerToken(runnerID string, labels map[string]string, tt
 }
 
 // AuthenticateRunner verifies a runner token and returns its claims. The
-// error wraps ErrInvalidToken and never contains the token.
+// error wraps ErrInvalidToken (and ErrTokenRevoked for a revoked token) and
+// never contains the token.
 func (m *Manager) AuthenticateRunner(token string) (RunnerClaims, error) {
-	return m.signer.verify(token)
+	claims, err := m.signer.verify(token)
+	if err != nil {
+		return claims, err
+	}
+	m.mu.Lock()
+	revokedAt, revoked := m.revoked[claims.RunnerID]
+	m.mu.Unlock()
+	if revoked && !claims.IssuedAt.After(revokedAt) {
+		return claims, fmt.Errorf("%w: the tokens of runner %s were revoked at %s", ErrTokenRevoked, claims.RunnerID, revokedAt.UTC().Format(time.RFC3339))
+	}
+	return claims, nil
+}
+
+// RevokeRunnerTokens makes every token issued for runnerID until now
+// invalid, also across restarts: the revocation is stored. Streams already
+// open are not closed. Tokens issued afterwards are valid.
+func (m *Manager) RevokeRunnerTokens(ctx context.Context, runnerID string) error {
+	if runnerID == "" {
+		return errors.New("revoke runner tokens: runner ID is empty")
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrClosed
+	}
+	r := Revocation{RunnerID: runnerID, RevokedAt: m.now()}
+	m.mu.Unlock()
+	err := m.store.Update(ctx, func(tx Tx) error { return tx.PutRevocation(r) })
+	if err != nil {
+		return fmt.Errorf("revoke tokens of runner %s: %w", runnerID, err)
+	}
+	m.mu.Lock()
+	if r.RevokedAt.After(m.revoked[runnerID]) {
+		m.revoked[runnerID] = r.RevokedAt
+	}
+	m.mu.Unlock()
+	m.logger.Info("runner tokens revoked", "runner", runnerID)
+	return nil
 }
 
 // runEmbedded is the embedded launcher runner: it executes the start,

@@ -175,7 +175,7 @@ func openError(path string, err error) error {
 // initBuckets creates missing buckets and checks the format version.
 func initBuckets(db *bolt.DB) error {
 	return db.Update(func(btx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketJobs, bucketTasks, bucketEvents, bucketLastSeq} {
+		for _, name := range [][]byte{bucketMeta, bucketJobs, bucketTasks, bucketEvents, bucketLastSeq, bucketRevoked} {
 			if _, err := btx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

@@ -18,6 +18,7 @@ var (
 	bucketTasks   = []byte("tasks")
 	bucketEvents  = []byte("events")
 	bucketLastSeq = []byte("event_last_seq")
+	bucketRevoked = []byte("revocations")
 
 	keyFormatVersion = []byte("format_version")
 )
@@ -75,6 +76,31 @@ func (t *tx) ForEachTask(fn func(*ondemand.Task) bool) error {
 		}
 		return fn(task), nil
 	})
+}
+
+func (t *tx) ForEachRevocation(fn func(ondemand.Revocation) bool) error {
+	return t.iterate(bucketRevoked, nil, func(k, v []byte) (bool, error) {
+		var r ondemand.Revocation
+		if err := json.Unmarshal(v, &r); err != nil {
+			return false, fmt.Errorf("decode revocation of runner %q in %s: %w", k, t.path, err)
+		}
+		return fn(r), nil
+	})
+}
+
+func (t *tx) PutRevocation(r ondemand.Revocation) error {
+	if err := checkID("put revocation", "Revocation.RunnerID", r.RunnerID); err != nil {
+		return err
+	}
+	v, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("put revocation %q: encode: %w", r.RunnerID, err)
+	}
+	if err := t.btx.Bucket(bucketRevoked).Put([]byte(r.RunnerID), v); err != nil {
+		return fmt.Errorf("put revocation %q: %w", r.RunnerID, err)
+	}
+	t.writes++
+	return nil
 }
 
 func (t *tx) Events(jobID string, after int64, fn func(ondemand.Event) bool) error {

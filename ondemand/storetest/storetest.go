@@ -37,6 +37,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -70,6 +71,7 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) ondemand.Store) {
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"StoredValuesAreCopies", testStoredValuesAreCopies},
 		{"CancelledContext", testCancelledContext},
+		{"RevocationRoundTrip", testRevocationRoundTrip},
 		{"Close", testClose},
 	}
 	for _, tc := range tests {
@@ -1062,4 +1064,26 @@ func expectSeqs(tx ondemand.ReadTx, jobID string, after int64, want []int64) err
 		return err
 	}
 	return expect(fmt.Sprintf("sequences of job %q after %d", jobID, after), want, got)
+}
+
+func testRevocationRoundTrip(t *testing.T, s ondemand.Store) {
+	first := ondemand.Revocation{RunnerID: "runner-a", RevokedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)}
+	second := ondemand.Revocation{RunnerID: "runner-b", RevokedAt: first.RevokedAt.Add(time.Hour)}
+	put(t, s, func(tx ondemand.Tx) error { return tx.PutRevocation(first) })
+	put(t, s, func(tx ondemand.Tx) error { return tx.PutRevocation(second) })
+	// A later revocation of the same runner replaces the earlier one.
+	replaced := ondemand.Revocation{RunnerID: "runner-a", RevokedAt: first.RevokedAt.Add(2 * time.Hour)}
+	put(t, s, func(tx ondemand.Tx) error { return tx.PutRevocation(replaced) })
+
+	got := map[string]time.Time{}
+	err := s.View(t.Context(), func(tx ondemand.ReadTx) error {
+		return tx.ForEachRevocation(func(r ondemand.Revocation) bool {
+			got[r.RunnerID] = r.RevokedAt
+			return true
+		})
+	})
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.True(t, replaced.RevokedAt.Equal(got["runner-a"]), "runner-a revoked at %s, want %s", got["runner-a"], replaced.RevokedAt)
+	require.True(t, second.RevokedAt.Equal(got["runner-b"]), "runner-b revoked at %s, want %s", got["runner-b"], second.RevokedAt)
 }
