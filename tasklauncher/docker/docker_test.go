@@ -72,12 +72,15 @@ func uniqueLabels(t *testing.T) map[string]string {
 	return map[string]string{"odrkit.test": t.Name(), "odrkit.test.run": testRun}
 }
 
+// sleepLaunch returns a launch of the runner program in ModeSleep, which
+// waits for SIGTERM without connecting.
 func sleepLaunch(t *testing.T, image string, labels map[string]string) *tasklauncher.LaunchInfo {
+	runnerID := "runner-" + t.Name()
 	return &tasklauncher.LaunchInfo{
 		TaskID:   "task-" + t.Name(),
-		RunnerID: "runner-" + t.Name(),
+		RunnerID: runnerID,
 		Image:    image,
-		Env:      map[string]string{testrunner.EnvMode: testrunner.ModeSleep},
+		Env:      map[string]string{testrunner.EnvMode: testrunner.ModeSleep, ondemand.EnvRunnerID: runnerID},
 		Labels:   labels,
 	}
 }

@@ -193,8 +193,8 @@ func (st *taskState) encode() []byte {
 // labels, then info.Labels, then odrkit.launcher=docker.
 //
 // ctx bounds the pull. The create, connect and start calls run to their
-// end even when ctx is done during them, so that the launcher always knows
-// the container it created. When ctx is done by the time they return,
+// end even when ctx is done during them, so that the launcher gets the ID
+// of every container the engine creates. When ctx is done by the time they return,
 // StartTask removes the container and returns ctx's error, so a cancelled
 // start leaves nothing behind. When that removal fails too, StartTask
 // returns the state together with the error, so that StopTask can retry.
@@ -240,7 +240,8 @@ func (l *Launcher) StartTask(ctx context.Context, info *tasklauncher.LaunchInfo)
 // state of a container it created also when a later step failed.
 func (l *Launcher) createAndStart(ctx context.Context, info *tasklauncher.LaunchInfo) (*taskState, error) {
 	// Calls that create something run without ctx's cancellation, so that
-	// the launcher never loses track of a container the engine created.
+	// a cancelled caller cannot end a create whose container then exists
+	// without its ID reaching the launcher.
 	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), engineCallTimeout)
 	defer cancel()
 
@@ -379,8 +380,8 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// engineError adds the engine's address and a hint to an error that says
-// the engine could not be reached.
+// engineError adds a hint to the error of a call that could not reach the
+// engine. The client's error already names the engine's address.
 func (l *Launcher) engineError(err error) error {
 	if client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("%w; start the Docker Engine, or point client_config.host or DOCKER_HOST at it", err)

@@ -27,10 +27,10 @@ const maxLineBytes = 64 << 10
 // streams is the order of the engine's log, which is the order in which
 // the engine read them.
 //
-// A process killed by a signal exits with 128 plus the signal number in
-// Docker, and WatchTask returns that code with a reason that names the
-// signal, because the engine does not tell it apart from a process that
-// exited with that code itself. A container killed for lack of memory has
+// Docker reports a process killed by a signal with the exit code 128 plus
+// the signal number. The engine does not tell it apart from a process that
+// exited with that code itself, so WatchTask returns the code with a reason
+// that names the likely signal. A container killed for lack of memory has
 // the reason "OOMKilled".
 //
 // When the container does not exist, the error wraps
@@ -181,4 +181,3 @@ func (w *lineWriter) flush() {
 func (w *lineWriter) emit(line []byte) {
 	w.output(tasklauncher.OutputLine{Stream: w.stream, Line: string(line)})
 }
-

@@ -1,7 +1,7 @@
 // Package launchertest is a conformance suite for [tasklauncher.Launcher]
-// implementations. A launcher author calls [Run] from an ordinary test with a
-// [Harness] that says how to build the launcher and how to make it start the
-// suite's runner program, [testrunner.Main].
+// implementations. A launcher author calls [Run] from an ordinary test with
+// a [Harness] that describes how to build the launcher and how to make it
+// start the suite's runner program, [testrunner.Main].
 //
 // # How the suite works
 //
