@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
@@ -209,4 +210,31 @@ func (c Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// String describes the config without its secrets: the token keys and the
+// values of RunnerEnv are left out.
+func (c Config) String() string {
+	keys := make([]string, 0, len(c.RunnerEnv))
+	for k := range c.RunnerEnv {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return fmt.Sprintf("ondemand.Config{AdvertiseAddr: %q, HostID: %q, DefaultImage: %q, RunnerEnv keys: %v, TokenKey: %s, TokenVerifyKeys: %d, StartupTimeout: %s, AckTimeout: %s, HeartbeatTimeout: %s, HeartbeatInterval: %s, CancelGrace: %s, LaunchConcurrency: %d, ReconcileInterval: %s, StopRetries: %d, RetryBackoff: %s}",
+		c.AdvertiseAddr, c.HostID, c.DefaultImage, keys, redacted(c.TokenKey), len(c.TokenVerifyKeys),
+		c.StartupTimeout, c.AckTimeout, c.HeartbeatTimeout, c.HeartbeatInterval, c.CancelGrace,
+		c.LaunchConcurrency, c.ReconcileInterval, c.StopRetries, c.RetryBackoff)
+}
+
+// GoString is String, so that %#v does not print secrets either.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue makes slog log the String form.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+func redacted(key []byte) string {
+	if key == nil {
+		return "(random)"
+	}
+	return "(set, redacted)"
 }

@@ -396,10 +396,11 @@ func (a *Assignment) current() (*entry, error) {
 	return e, nil
 }
 
-// Ack accepts the assignment: the job is RUNNING from now on.
+// Ack accepts the assignment: the job is RUNNING from now on. Ack returns
+// before the store has the change: if the host crashes first, the job is
+// queued again at restart, as its runner's stream is gone anyway.
 func (a *Assignment) Ack(ctx context.Context) error {
-	m := a.m
-	return m.update(ctx, func(c *change) error {
+	_, err := a.m.updateNoWait(func(c *change) error {
 		e, err := a.current()
 		if err != nil {
 			return err
@@ -410,6 +411,7 @@ func (a *Assignment) Ack(ctx context.Context) error {
 		a.ack(c, e)
 		return nil
 	})
+	return err
 }
 
 func (a *Assignment) ack(c *change, e *entry) {
@@ -435,7 +437,7 @@ func (a *Assignment) ack(c *change, e *entry) {
 // Nack rejects the assignment; the job is queued again for any runner its
 // target allows, including this one.
 func (a *Assignment) Nack(ctx context.Context, message string) error {
-	return a.m.update(ctx, func(c *change) error {
+	return a.update(ctx, func(c *change) error {
 		e, err := a.current()
 		if err != nil {
 			return err
@@ -452,10 +454,12 @@ type OutputLine struct {
 }
 
 // Output records output lines of the running job and counts as a
-// heartbeat.
+// heartbeat. Output returns before the store has the lines; Complete
+// returns only after the store has them too, because changes are stored
+// in order.
 func (a *Assignment) Output(ctx context.Context, lines []OutputLine) error {
 	m := a.m
-	return m.update(ctx, func(c *change) error {
+	_, err := m.updateNoWait(func(c *change) error {
 		e, err := a.current()
 		if err != nil {
 			return err
@@ -469,6 +473,7 @@ func (a *Assignment) Output(ctx context.Context, lines []OutputLine) error {
 		c.then(func() { m.touchHeartbeat(e, a) })
 		return nil
 	})
+	return err
 }
 
 // Heartbeat tells the Manager the runner is alive.
@@ -494,7 +499,7 @@ func (m *Manager) touchHeartbeat(e *entry, a *Assignment) {
 // is set by the Manager: ReasonJobFailed, or ReasonCancelled when the job
 // was cancelled.
 func (a *Assignment) Complete(ctx context.Context, result []byte, failure *JobError) error {
-	return a.m.update(ctx, func(c *change) error {
+	return a.update(ctx, func(c *change) error {
 		e, err := a.current()
 		if err != nil {
 			return err
@@ -544,6 +549,18 @@ func (a *Assignment) Abandon(cause error) {
 		c.finish(e.job.ID, nil, &JobError{Reason: ReasonRunnerLost, Message: fmt.Sprintf("runner lost: runner %s disconnected: %v", a.session.RunnerID, cause)})
 	}
 	c.commitOrLog("abandon job " + e.job.ID)
+}
+
+// update applies a runner's report. It returns once the report is stored,
+// except for the embedded launcher runner: it lives and dies with this
+// process, and restart recovery runs its unfinished jobs again, so storing
+// its reports need not hold up the launch.
+func (a *Assignment) update(ctx context.Context, fn func(c *change) error) error {
+	if !a.session.embedded {
+		return a.m.update(ctx, fn)
+	}
+	_, err := a.m.updateNoWait(fn)
+	return err
 }
 
 // requestCancel tells the runner to cancel the job. Called with m.mu held.

@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -202,9 +203,14 @@ func (m *Manager) load(ctx context.Context) error {
 	return nil
 }
 
+// newID returns prefix followed by 20 hex digits: the time in nanoseconds,
+// then random bits. IDs made later sort later, so a B+tree store such as
+// bbolt appends new records to its last pages instead of touching pages
+// across the whole tree.
 func newID(prefix string) string {
 	b := make([]byte, 10)
-	_, _ = rand.Read(b)
+	binary.BigEndian.PutUint64(b, uint64(time.Now().UnixNano()))
+	_, _ = rand.Read(b[6:])
 	return prefix + hex.EncodeToString(b)
 }
 

@@ -1,8 +1,11 @@
 package ondemand_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -479,4 +482,36 @@ func TestTokenKeyRotation(t *testing.T) {
 	require.ErrorContains(t, err, "unknown key")
 	_, err = retired.AuthenticateRunner(fresh)
 	require.NoError(t, err)
+}
+
+func TestConfigPrintsNoSecrets(t *testing.T) {
+	cfg := ondemand.Config{
+		TokenKey:        []byte("signing-key-signing-key-signing-key"),
+		TokenVerifyKeys: [][]byte{[]byte("older-key-older-key-older-key-older")},
+		RunnerEnv:       map[string]string{"API_TOKEN": "runner-env-secret"},
+	}
+	var logged bytes.Buffer
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("config", "cfg", cfg)
+	for _, form := range []string{fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), logged.String()} {
+		require.NotContains(t, form, "signing-key")
+		require.NotContains(t, form, "older-key")
+		require.NotContains(t, form, "runner-env-secret")
+		require.Contains(t, form, "API_TOKEN")
+	}
+}
+
+func TestTokenWithAlteredSignatureRejected(t *testing.T) {
+	mgr := newManager(t, ondemand.Config{})
+	token, err := mgr.IssueRunnerToken("r1", nil, time.Minute)
+	require.NoError(t, err)
+	// Every other last character, including those that differ only in the
+	// unused low bits of the final base64 digit.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for _, c := range alphabet {
+		if byte(c) == token[len(token)-1] {
+			continue
+		}
+		_, err := mgr.AuthenticateRunner(token[:len(token)-1] + string(c))
+		require.ErrorIs(t, err, ondemand.ErrInvalidToken, "last character %q", c)
+	}
 }

@@ -103,12 +103,14 @@ func (s *tokenSigner) verify(token string) (RunnerClaims, error) {
 	if !ok {
 		return c, fmt.Errorf("%w: signed with an unknown key; the host's keys may have been rotated past it", ErrInvalidToken)
 	}
-	got, err := base64.RawURLEncoding.DecodeString(parts[2])
+	// Strict decoding: a token whose last character differs only in
+	// unused bits must not verify.
+	got, err := base64.RawURLEncoding.Strict().DecodeString(parts[2])
 	payload := token[:len(token)-len(parts[2])-1]
 	if err != nil || !hmac.Equal(got, mac(key, payload)) {
 		return c, fmt.Errorf("%w: bad signature", ErrInvalidToken)
 	}
-	body, err := base64.RawURLEncoding.DecodeString(parts[1])
+	body, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
 	if err != nil {
 		return c, fmt.Errorf("%w: malformed claims", ErrInvalidToken)
 	}

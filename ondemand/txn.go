@@ -139,17 +139,25 @@ func (c *change) commitOrLog(what string) {
 // update runs fn on a new change under m.mu, commits the change and waits
 // until it is stored.
 func (m *Manager) update(ctx context.Context, fn func(c *change) error) error {
-	m.mu.Lock()
-	c := m.newChange()
-	err := fn(c)
-	if err == nil {
-		err = c.commit()
-	}
-	m.mu.Unlock()
+	c, err := m.updateNoWait(fn)
 	if err != nil {
 		return err
 	}
 	return c.wait(ctx)
+}
+
+// updateNoWait is update without waiting for the store.
+func (m *Manager) updateNoWait(fn func(c *change) error) (*change, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.newChange()
+	if err := fn(c); err != nil {
+		return nil, err
+	}
+	if err := c.commit(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // maxBatch bounds the changes written in one store transaction.

@@ -281,6 +281,51 @@ runner_profile "b" {
 			detail:  []string{`"9BAD-NAME" is not a valid environment variable name`, "use letters, digits and \"_\", not starting with a digit"},
 		},
 		{
+			name: "env overrides runner token",
+			src: `runner_profile "a" {
+  plugin = "exec"
+  env    = { LOG_LEVEL = "debug", »ODRKIT_RUNNER_TOKEN = "forged" }
+}`,
+			summary: "Invalid env key",
+			detail:  []string{`The env key "ODRKIT_RUNNER_TOKEN" is reserved`, "ODRKIT_RUNNER_", "remove the key"},
+		},
+		{
+			name: "env overrides runner ID",
+			src: `runner_profile "a" {
+  plugin = "exec"
+  env    = { »ODRKIT_RUNNER_ID = "odr-other" }
+}`,
+			summary: "Invalid env key",
+			detail:  []string{`The env key "ODRKIT_RUNNER_ID" is reserved`},
+		},
+		{
+			name: "env overrides runner on-demand flag",
+			src: `runner_profile "a" {
+  plugin = "exec"
+  env    = { »"ODRKIT_RUNNER_ONDEMAND" = "0" }
+}`,
+			summary: "Invalid env key",
+			detail:  []string{`The env key "ODRKIT_RUNNER_ONDEMAND" is reserved`},
+		},
+		{
+			name: "env overrides runner labels in lower case",
+			src: `runner_profile "a" {
+  plugin = "exec"
+  env    = { »odrkit_runner_labels = "zone=eu" }
+}`,
+			summary: "Invalid env key",
+			detail:  []string{`The env key "odrkit_runner_labels" is reserved`},
+		},
+		{
+			name: "env reserved key from a for expression",
+			src: `runner_profile "a" {
+  plugin = "exec"
+  env    = »{ for k in ["ODRKIT_RUNNER_CONCURRENCY"] : k => "8" }
+}`,
+			summary: "Invalid env key",
+			detail:  []string{`The env key "ODRKIT_RUNNER_CONCURRENCY" is reserved`},
+		},
+		{
 			name: "env value not a string",
 			src: `runner_profile "a" {
   plugin = "exec"

@@ -273,13 +273,24 @@ func suggestName(name string) string {
 	return s
 }
 
+// ReservedEnvPrefix starts the names of the variables that carry an
+// on-demand runner's identity, such as ODRKIT_RUNNER_ID and
+// ODRKIT_RUNNER_TOKEN. A profile's env must not set them, in any letter
+// case, so that a profile cannot change which runner a launched runner
+// claims to be. Variables such as ODRKIT_SERVER_ADDR and ODRKIT_SERVER_TLS,
+// which say how to reach the host, may be set.
+const ReservedEnvPrefix = "ODRKIT_RUNNER_"
+
 // checkEnvName returns an error with the fix when an env key does not
-// match EnvNamePattern.
+// match EnvNamePattern or starts with ReservedEnvPrefix.
 func checkEnvName(key string) error {
-	if envNameRegexp.MatchString(key) {
-		return nil
+	if !envNameRegexp.MatchString(key) {
+		return fmt.Errorf("the env key %q is not a valid environment variable name: use letters, digits and \"_\", not starting with a digit (%s)", key, EnvNamePattern)
 	}
-	return fmt.Errorf("the env key %q is not a valid environment variable name: use letters, digits and \"_\", not starting with a digit (%s)", key, EnvNamePattern)
+	if strings.HasPrefix(strings.ToUpper(key), ReservedEnvPrefix) {
+		return fmt.Errorf("the env key %q is reserved, because the host sets the variables that start with %s, such as the runner's ID and token, for each runner: remove the key", key, ReservedEnvPrefix)
+	}
+	return nil
 }
 
 // checkTargetRunner returns an error unless exactly one of ID and Labels is

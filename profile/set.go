@@ -18,8 +18,8 @@ type Set struct {
 // the checks of [Parse] that need no registry and no source: names are
 // unique and match [NamePattern], and at most one profile is the default.
 // Each TargetRunner has either an ID or labels, env keys match
-// [EnvNamePattern], Plugin is not empty, and StartupTimeout and
-// MaxConcurrent are not negative. NewSet neither checks that the plugin is
+// [EnvNamePattern] and do not start with [ReservedEnvPrefix], Plugin is not
+// empty, and StartupTimeout and MaxConcurrent are not negative. NewSet neither checks that the plugin is
 // registered nor decodes Config. The error names each invalid profile and
 // the fix.
 //

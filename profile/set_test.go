@@ -66,6 +66,21 @@ func TestNewSetErrors(t *testing.T) {
 			want:     []string{`runner profile "a": the env key "BAD-NAME" is not a valid environment variable name`},
 		},
 		{
+			name:     "env overrides runner token",
+			profiles: []*Profile{{Name: "a", Plugin: "exec", Env: map[string]string{"ODRKIT_RUNNER_TOKEN": "secret-v"}}},
+			want:     []string{`runner profile "a": the env key "ODRKIT_RUNNER_TOKEN" is reserved`, "remove the key"},
+		},
+		{
+			name:     "env overrides runner ID",
+			profiles: []*Profile{{Name: "a", Plugin: "exec", Env: map[string]string{"ODRKIT_RUNNER_ID": "secret-v"}}},
+			want:     []string{`runner profile "a": the env key "ODRKIT_RUNNER_ID" is reserved`},
+		},
+		{
+			name:     "env overrides runner labels in lower case",
+			profiles: []*Profile{{Name: "a", Plugin: "exec", Env: map[string]string{"odrkit_runner_labels": "secret-v"}}},
+			want:     []string{`runner profile "a": the env key "odrkit_runner_labels" is reserved`},
+		},
+		{
 			name:     "empty plugin",
 			profiles: []*Profile{{Name: "a"}},
 			want:     []string{`runner profile "a": plugin is empty`},
@@ -87,6 +102,18 @@ func TestNewSetErrors(t *testing.T) {
 			require.NotContains(t, err.Error(), "secret-v", "env values are secrets")
 		})
 	}
+}
+
+func TestNewSetAllowsServerEnv(t *testing.T) {
+	p := &Profile{Name: "a", Plugin: "exec", Env: map[string]string{
+		"ODRKIT_SERVER_ADDR":    "odrkit.example.com:9090",
+		"ODRKIT_SERVER_TLS":     "1",
+		"ODRKIT_SERVER_CA_FILE": "/etc/odrkit/ca.pem",
+		"ODRKIT_RUNNERS":        "not the reserved prefix",
+	}}
+	set, err := NewSet(p)
+	require.NoError(t, err)
+	require.Equal(t, 1, set.Len())
 }
 
 func TestNilSet(t *testing.T) {

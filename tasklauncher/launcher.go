@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 )
 
@@ -131,14 +132,46 @@ type LaunchInfo struct {
 
 // String returns a description of the launch with environment values
 // redacted, so that a LaunchInfo can be logged without leaking its token.
-func (i *LaunchInfo) String() string {
-	if i == nil {
-		return "<nil>"
+// The methods that print a LaunchInfo have value receivers, so that a
+// LaunchInfo value is redacted as well as a pointer to one.
+func (i LaunchInfo) String() string {
+	return fmt.Sprintf("task %s runner %s image %q entrypoint %q arguments %q env keys [%s] labels %v",
+		i.TaskID, i.RunnerID, i.Image, i.Entrypoint, i.Arguments, strings.Join(i.envKeys(), " "), i.Labels)
+}
+
+// redactedValue replaces environment values in printed LaunchInfo values.
+const redactedValue = "REDACTED"
+
+// GoString implements fmt.GoStringer for the %#v verb. Environment values
+// are redacted, as in String.
+func (i LaunchInfo) GoString() string {
+	env := make([]string, 0, len(i.Env))
+	for _, k := range i.envKeys() {
+		env = append(env, fmt.Sprintf("%q: %q", k, redactedValue))
 	}
+	return fmt.Sprintf("tasklauncher.LaunchInfo{TaskID: %q, RunnerID: %q, Image: %q, Entrypoint: %#v, Arguments: %#v, Env: map[string]string{%s}, Labels: %#v}",
+		i.TaskID, i.RunnerID, i.Image, i.Entrypoint, i.Arguments, strings.Join(env, ", "), i.Labels)
+}
+
+// LogValue implements slog.LogValuer. It logs the environment's keys, never
+// its values.
+func (i LaunchInfo) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("task_id", i.TaskID),
+		slog.String("runner_id", i.RunnerID),
+		slog.String("image", i.Image),
+		slog.Any("entrypoint", i.Entrypoint),
+		slog.Any("arguments", i.Arguments),
+		slog.Any("env_keys", i.envKeys()),
+		slog.Any("labels", i.Labels),
+	)
+}
+
+// envKeys returns the keys of Env, sorted.
+func (i LaunchInfo) envKeys() []string {
 	keys := make([]string, 0, len(i.Env))
 	for k := range i.Env {
 		keys = append(keys, k)
 	}
-	return fmt.Sprintf("task %s runner %s image %q entrypoint %q arguments %q env keys [%s] labels %v",
-		i.TaskID, i.RunnerID, i.Image, i.Entrypoint, i.Arguments, strings.Join(sortedCopy(keys), " "), i.Labels)
+	return sortedCopy(keys)
 }

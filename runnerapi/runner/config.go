@@ -26,6 +26,13 @@ const (
 	// EnvServerTLSSkipVerify disables verification of the server's
 	// certificate when it is "1" or "true". For development only.
 	EnvServerTLSSkipVerify = "ODRKIT_SERVER_TLS_SKIP_VERIFY"
+	// EnvClientCertFile is the path of a PEM file with the client
+	// certificate the runner presents to a host that requires one (mutual
+	// TLS). It is set together with EnvClientKeyFile.
+	EnvClientCertFile = "ODRKIT_CLIENT_CERT_FILE"
+	// EnvClientKeyFile is the path of the PEM file with the private key of
+	// the client certificate.
+	EnvClientKeyFile = "ODRKIT_CLIENT_KEY_FILE"
 	// EnvRunnerID is the runner ID the token was issued for.
 	EnvRunnerID = "ODRKIT_RUNNER_ID"
 	// EnvRunnerToken is the bearer token the host issued for the runner ID.
@@ -55,9 +62,16 @@ type Config struct {
 	// the server. It requires TLS.
 	CAFile string
 	// TLSSkipVerify disables verification of the server's certificate. It
-	// is for development only, requires TLS, and Run logs a warning each
-	// time it dials with it.
+	// is for development only, requires TLS, and the runner logs a warning
+	// at each TLS handshake made with it.
 	TLSSkipVerify bool
+	// ClientCertFile and ClientKeyFile are the paths of PEM files with a
+	// client certificate and its private key, which the runner presents to
+	// hosts that require client certificates (mutual TLS). Set both or
+	// neither. They require TLS. New reads them once, so a renewed
+	// certificate takes effect when the runner is created again.
+	ClientCertFile string
+	ClientKeyFile  string
 	// RunnerID is the runner ID the token was issued for.
 	RunnerID string
 	// Token is the bearer token the host issued for RunnerID. It is sent
@@ -137,6 +151,14 @@ func (c Config) problems() []configProblem {
 	if c.TLSSkipVerify && c.CAFile != "" {
 		add("TLSSkipVerify", "is set together with CAFile, which it would ignore: clear one of them")
 	}
+	switch {
+	case c.ClientCertFile != "" && c.ClientKeyFile == "":
+		add("ClientKeyFile", "is empty but ClientCertFile is set: set it to the PEM file with the client certificate's private key, or clear ClientCertFile")
+	case c.ClientCertFile == "" && c.ClientKeyFile != "":
+		add("ClientCertFile", "is empty but ClientKeyFile is set: set it to the PEM file with the client certificate, or clear ClientKeyFile")
+	case c.ClientCertFile != "" && !c.TLS:
+		add("ClientCertFile", "is set but TLS is off: enable TLS, because client certificates are only sent over TLS, or clear ClientCertFile and ClientKeyFile")
+	}
 
 	for key := range c.Labels {
 		if key == "" {
@@ -158,8 +180,14 @@ func (c Config) problems() []configProblem {
 
 // String returns c in a form that is safe to log: the token is redacted.
 func (c Config) String() string {
-	return fmt.Sprintf("{ServerAddr:%s TLS:%t CAFile:%s TLSSkipVerify:%t RunnerID:%s Token:%s Labels:%v OnDemand:%t Concurrency:%d ConnectTimeout:%s}",
-		c.ServerAddr, c.TLS, c.CAFile, c.TLSSkipVerify, c.RunnerID, redact(c.Token), c.Labels, c.OnDemand, c.Concurrency, c.ConnectTimeout)
+	return fmt.Sprintf("{ServerAddr:%s TLS:%t CAFile:%s TLSSkipVerify:%t ClientCertFile:%s ClientKeyFile:%s RunnerID:%s Token:%s Labels:%v OnDemand:%t Concurrency:%d ConnectTimeout:%s}",
+		c.ServerAddr, c.TLS, c.CAFile, c.TLSSkipVerify, c.ClientCertFile, c.ClientKeyFile, c.RunnerID, redact(c.Token), c.Labels, c.OnDemand, c.Concurrency, c.ConnectTimeout)
+}
+
+// GoString implements fmt.GoStringer so that the %#v verb, too, prints
+// the token redacted.
+func (c Config) GoString() string {
+	return "runner.Config" + c.String()
 }
 
 // LogValue implements slog.LogValuer so that logging a Config never logs
@@ -170,6 +198,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("tls", c.TLS),
 		slog.String("ca_file", c.CAFile),
 		slog.Bool("tls_skip_verify", c.TLSSkipVerify),
+		slog.String("client_cert_file", c.ClientCertFile),
+		slog.String("client_key_file", c.ClientKeyFile),
 		slog.String("runner_id", c.RunnerID),
 		slog.String("token", redact(c.Token)),
 		slog.Any("labels", c.Labels),
@@ -189,15 +219,17 @@ func redact(secret string) string {
 // envFields maps Config fields to the variables ConfigFromEnv reads them
 // from, so that its errors name the variable.
 var envFields = map[string]string{
-	"ServerAddr":    EnvServerAddr,
-	"TLS":           EnvServerTLS,
-	"CAFile":        EnvServerCAFile,
-	"TLSSkipVerify": EnvServerTLSSkipVerify,
-	"RunnerID":      EnvRunnerID,
-	"Token":         EnvRunnerToken,
-	"Labels":        EnvRunnerLabels,
-	"OnDemand":      EnvRunnerOnDemand,
-	"Concurrency":   EnvRunnerConcurrency,
+	"ServerAddr":     EnvServerAddr,
+	"TLS":            EnvServerTLS,
+	"CAFile":         EnvServerCAFile,
+	"TLSSkipVerify":  EnvServerTLSSkipVerify,
+	"ClientCertFile": EnvClientCertFile,
+	"ClientKeyFile":  EnvClientKeyFile,
+	"RunnerID":       EnvRunnerID,
+	"Token":          EnvRunnerToken,
+	"Labels":         EnvRunnerLabels,
+	"OnDemand":       EnvRunnerOnDemand,
+	"Concurrency":    EnvRunnerConcurrency,
 }
 
 // ConfigFromEnv builds a Config from the ODRKIT_* environment variables and
@@ -210,6 +242,8 @@ func ConfigFromEnv() (Config, error) {
 	)
 	cfg.ServerAddr = os.Getenv(EnvServerAddr)
 	cfg.CAFile = os.Getenv(EnvServerCAFile)
+	cfg.ClientCertFile = os.Getenv(EnvClientCertFile)
+	cfg.ClientKeyFile = os.Getenv(EnvClientKeyFile)
 	cfg.RunnerID = os.Getenv(EnvRunnerID)
 	cfg.Token = os.Getenv(EnvRunnerToken)
 

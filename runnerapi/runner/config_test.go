@@ -13,7 +13,7 @@ import (
 
 // allEnvVars lists every variable ConfigFromEnv reads.
 var allEnvVars = []string{
-	EnvServerAddr, EnvServerTLS, EnvServerCAFile, EnvServerTLSSkipVerify,
+	EnvServerAddr, EnvServerTLS, EnvServerCAFile, EnvServerTLSSkipVerify, EnvClientCertFile, EnvClientKeyFile,
 	EnvRunnerID, EnvRunnerToken, EnvRunnerLabels, EnvRunnerOnDemand, EnvRunnerConcurrency,
 }
 
@@ -115,6 +115,37 @@ func TestConfigFromEnv(t *testing.T) {
 			env:     with(map[string]string{EnvServerCAFile: "/etc/odrkit/ca.pem"}),
 			wantErr: []string{EnvServerCAFile + " is set but TLS is off"},
 		},
+		{
+			name: "client certificate",
+			env: with(map[string]string{
+				EnvServerTLS:      "1",
+				EnvClientCertFile: "/etc/odrkit/client.pem",
+				EnvClientKeyFile:  "/etc/odrkit/client-key.pem",
+			}),
+			want: Config{
+				ServerAddr:     "odrkit.example.com:9090",
+				TLS:            true,
+				ClientCertFile: "/etc/odrkit/client.pem",
+				ClientKeyFile:  "/etc/odrkit/client-key.pem",
+				RunnerID:       "runner-7",
+				Token:          testToken,
+			},
+		},
+		{
+			name:    "client certificate without key",
+			env:     with(map[string]string{EnvServerTLS: "1", EnvClientCertFile: "/etc/odrkit/client.pem"}),
+			wantErr: []string{EnvClientKeyFile + " is empty but ClientCertFile is set"},
+		},
+		{
+			name:    "client key without certificate",
+			env:     with(map[string]string{EnvServerTLS: "1", EnvClientKeyFile: "/etc/odrkit/client-key.pem"}),
+			wantErr: []string{EnvClientCertFile + " is empty but ClientKeyFile is set"},
+		},
+		{
+			name:    "client certificate without TLS",
+			env:     with(map[string]string{EnvClientCertFile: "/etc/odrkit/client.pem", EnvClientKeyFile: "/etc/odrkit/client-key.pem"}),
+			wantErr: []string{EnvClientCertFile + " is set but TLS is off"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,6 +187,25 @@ func TestConfigValidate(t *testing.T) {
 			change:  func(c *Config) { c.TLS, c.TLSSkipVerify, c.CAFile = true, true, "/ca.pem" },
 			wantErr: "TLSSkipVerify is set together with CAFile",
 		},
+		{
+			name:   "client certificate",
+			change: func(c *Config) { c.TLS, c.ClientCertFile, c.ClientKeyFile = true, "/client.pem", "/client-key.pem" },
+		},
+		{
+			name:    "client certificate without key",
+			change:  func(c *Config) { c.TLS, c.ClientCertFile = true, "/client.pem" },
+			wantErr: "ClientKeyFile is empty but ClientCertFile is set",
+		},
+		{
+			name:    "client key without certificate",
+			change:  func(c *Config) { c.TLS, c.ClientKeyFile = true, "/client-key.pem" },
+			wantErr: "ClientCertFile is empty but ClientKeyFile is set",
+		},
+		{
+			name:    "client certificate without TLS",
+			change:  func(c *Config) { c.ClientCertFile, c.ClientKeyFile = "/client.pem", "/client-key.pem" },
+			wantErr: "ClientCertFile is set but TLS is off",
+		},
 		{name: "empty label key", change: func(c *Config) { c.Labels = map[string]string{"": "x"} }, wantErr: "Labels has an empty key"},
 		{name: "negative connect timeout", change: func(c *Config) { c.ConnectTimeout = -1 }, wantErr: "ConnectTimeout is -1ns"},
 	}
@@ -178,6 +228,9 @@ func TestConfigFormattingRedactsToken(t *testing.T) {
 
 	require.NotContains(t, fmt.Sprint(cfg), testToken)
 	require.NotContains(t, fmt.Sprintf("%+v", cfg), testToken)
+	require.NotContains(t, fmt.Sprintf("%#v", cfg), testToken)
+	require.NotContains(t, fmt.Sprintf("%v", &cfg), testToken)
+	require.Contains(t, fmt.Sprintf("%#v", cfg), "REDACTED")
 
 	var logs strings.Builder
 	slog.New(slog.NewTextHandler(&logs, nil)).Info("config", "config", cfg)

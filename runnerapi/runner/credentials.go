@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -40,8 +42,10 @@ func (b bearerToken) String() string {
 }
 
 // transportCredentials returns TLS credentials as cfg requests, or insecure
-// ones when TLS is off. It reads cfg.CAFile.
-func transportCredentials(cfg Config) (credentials.TransportCredentials, error) {
+// ones when TLS is off. It reads cfg.CAFile and the client certificate.
+// With cfg.TLSSkipVerify, the credentials log a warning to logger at each
+// handshake.
+func transportCredentials(cfg Config, logger *slog.Logger) (credentials.TransportCredentials, error) {
 	if !cfg.TLS {
 		return insecure.NewCredentials(), nil
 	}
@@ -60,7 +64,39 @@ func transportCredentials(cfg Config) (credentials.TransportCredentials, error) 
 		}
 		tlsConfig.RootCAs = pool
 	}
-	return credentials.NewTLS(tlsConfig), nil
+	if cfg.ClientCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.ClientCertFile, cfg.ClientKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate %q with key %q: %w: point ClientCertFile and ClientKeyFile at a PEM certificate and its matching private key", cfg.ClientCertFile, cfg.ClientKeyFile, err)
+		}
+		tlsConfig.Certificates = []tls.Certificate{cert}
+	}
+	creds := credentials.NewTLS(tlsConfig)
+	if cfg.TLSSkipVerify {
+		return &unverifiedTLS{TransportCredentials: creds, logger: logger, serverAddr: cfg.ServerAddr}, nil
+	}
+	return creds, nil
+}
+
+// unverifiedTLS wraps TLS credentials that skip verification of the
+// server's certificate and logs a warning at each handshake, so that every
+// connection made without verification shows in the logs.
+type unverifiedTLS struct {
+	credentials.TransportCredentials
+	logger     *slog.Logger
+	serverAddr string
+}
+
+// ClientHandshake implements credentials.TransportCredentials.
+func (u *unverifiedTLS) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	u.logger.Warn("TLS certificate verification is disabled: use TLSSkipVerify only for development",
+		"server_addr", u.serverAddr, "remote_addr", conn.RemoteAddr().String())
+	return u.TransportCredentials.ClientHandshake(ctx, authority, conn)
+}
+
+// Clone implements credentials.TransportCredentials.
+func (u *unverifiedTLS) Clone() credentials.TransportCredentials {
+	return &unverifiedTLS{TransportCredentials: u.TransportCredentials.Clone(), logger: u.logger, serverAddr: u.serverAddr}
 }
 
 // dialOptions returns the options Run passes to grpc.NewClient.

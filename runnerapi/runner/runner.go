@@ -54,8 +54,8 @@ type Runner struct {
 	handlers map[string]HandlerFunc
 }
 
-// New validates cfg, reads its CA file and returns a Runner. Register
-// handlers with Handle, then call Run.
+// New validates cfg, reads its CA file and client certificate, and returns
+// a Runner. Register handlers with Handle, then call Run.
 func New(cfg Config) (*Runner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -73,13 +73,14 @@ func New(cfg Config) (*Runner, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	transport, err := transportCredentials(cfg)
+	logger = logger.With("runner_id", cfg.RunnerID)
+	transport, err := transportCredentials(cfg, logger)
 	if err != nil {
 		return nil, err
 	}
 	return &Runner{
 		cfg:       cfg,
-		logger:    logger.With("runner_id", cfg.RunnerID),
+		logger:    logger,
 		transport: transport,
 		handlers:  make(map[string]HandlerFunc),
 	}, nil
@@ -139,11 +140,6 @@ func (r *Runner) Run(ctx context.Context) error {
 	if len(kinds) == 0 {
 		return errors.New("runner has no handlers: register one with Handle before calling Run")
 	}
-	if r.cfg.TLSSkipVerify {
-		r.logger.Warn("TLS certificate verification is disabled: use TLSSkipVerify only for development",
-			"server_addr", r.cfg.ServerAddr)
-	}
-
 	conn, err := grpc.NewClient(r.cfg.ServerAddr, dialOptions(r.cfg, r.transport)...)
 	if err != nil {
 		return fmt.Errorf("create gRPC client for %s: %w", r.cfg.ServerAddr, err)

@@ -15,6 +15,22 @@ import (
 	"github.com/odrkit/odrkit/runnerapi/runnerpb"
 )
 
+// MaxErrorMessageBytes is the longest error message, in bytes, that a
+// runner sends in Complete or Nack. The runner cuts longer messages at a
+// rune boundary and marks the cut, because the host rejects them.
+const MaxErrorMessageBytes = 16 << 10
+
+// truncationMark ends an error message that was cut to MaxErrorMessageBytes.
+const truncationMark = " ... (truncated)"
+
+// truncateMessage cuts message to at most MaxErrorMessageBytes.
+func truncateMessage(message string) string {
+	if len(message) <= MaxErrorMessageBytes {
+		return message
+	}
+	return message[:runeCut(message, MaxErrorMessageBytes-len(truncationMark))] + truncationMark
+}
+
 // streamResult describes how far one JobStream got.
 type streamResult struct {
 	// connected is set once Open was sent, which proves the host was
@@ -125,7 +141,7 @@ func (r *Runner) awaitAssignment(stream runnerpb.RunnerService_JobStreamClient) 
 func (r *Runner) rejectJob(stream runnerpb.RunnerService_JobStreamClient, cancelStream context.CancelFunc, job *Job) error {
 	message := fmt.Sprintf("no handler registered for job kind %q", job.Kind)
 	r.logger.Warn("rejecting job", "job_id", job.ID, "kind", job.Kind, "reason", message)
-	nack := &runnerpb.JobStreamRequest_Nack{Message: message}
+	nack := &runnerpb.JobStreamRequest_Nack{Message: truncateMessage(message)}
 	if err := sendBeforeJob(stream, &runnerpb.JobStreamRequest{Event: &runnerpb.JobStreamRequest_Nack_{Nack: nack}}); err != nil {
 		return fmt.Errorf("send Nack for job %s: %w", job.ID, err)
 	}
@@ -293,7 +309,7 @@ func completion(jobCtx context.Context, result []byte, jobErr error) *runnerpb.J
 			message = cause.Error() + ": " + message
 		}
 	}
-	jobError := &runnerpb.JobError{Message: message}
+	jobError := &runnerpb.JobError{Message: truncateMessage(message)}
 	var exitErr *ExitError
 	if errors.As(jobErr, &exitErr) {
 		code := int32(exitErr.Code) //nolint:gosec // Exit codes fit in 32 bits.

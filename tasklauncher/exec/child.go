@@ -1,7 +1,7 @@
 package exec
 
 import (
-	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,14 +14,9 @@ import (
 )
 
 const (
-	// maxLineBytes is the length at which an output line without a line
-	// ending is split, which bounds a task's buffer to about
-	// MaxOutputLines*64 KiB.
-	maxLineBytes = 64 << 10
-
-	// outputDrainTimeout is how long the launcher keeps reading output after
-	// the runner exited. A process that the runner left behind can keep the
-	// pipes open, and WatchTask must not wait for it forever.
+	// outputDrainTimeout is how long WatchTask keeps following the output
+	// after the runner exited while processes it left behind in its
+	// process group still run and may still write.
 	outputDrainTimeout = 2 * time.Second
 
 	// reapPollInterval is how often a child is checked for exit when no
@@ -32,24 +27,22 @@ const (
 
 // child is a runner process that this launcher started and tracks.
 type child struct {
-	key      childKey
-	taskID   string
-	runnerID string
-	process  *os.Process
-	stdout   *os.File
-	stderr   *os.File
+	key        childKey
+	taskID     string
+	runnerID   string
+	process    *os.Process
+	stdoutPath string
+	stderrPath string
 
-	mu  sync.Mutex
-	out *outputBuffer
-	// streams is the number of output pipes not yet at EOF.
-	streams int
+	mu sync.Mutex
 	// exited is set once the process is reaped, with its exit in exit.
 	exited bool
 	exit   tasklauncher.TaskExit
-	// done is set once the process is reaped and its output is read.
+	// done is set once the process is reaped and no process of its group
+	// runs any more, or outputDrainTimeout after the exit.
 	done bool
-	// changed is closed and replaced whenever output, exited or done
-	// change, to wake WatchTask calls.
+	// changed is closed and replaced whenever exited or done change, to
+	// wake WatchTask calls.
 	changed chan struct{}
 	// reaped is closed once the process is reaped.
 	reaped chan struct{}
@@ -62,78 +55,33 @@ func (c *child) broadcast() {
 	c.changed = make(chan struct{})
 }
 
-func (c *child) appendLine(line tasklauncher.OutputLine) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.out.append(line)
-	c.broadcast()
-}
-
 func (c *child) isReaped() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.exited
 }
 
-// stopReading makes the output readers return soon, through a read deadline
-// in the past.
-func (c *child) stopReading() {
-	now := time.Now()
-	// The readers close the files. A deadline on a closed file fails, which
-	// is fine because that reader has returned.
-	_ = c.stdout.SetReadDeadline(now)
-	_ = c.stderr.SetReadDeadline(now)
+// status returns whether c is done, its exit, and a channel that is closed
+// on the next change.
+func (c *child) status() (bool, tasklauncher.TaskExit, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done, c.exit, c.changed
 }
 
-// abort kills a child whose goroutines were never started, reaps it and
-// closes its pipes.
+// abort kills a child whose goroutine was never started, reaps it and
+// removes its output files.
 func (c *child) abort() {
 	// The group ID is the PID, which stays reserved until the Wait below.
 	_ = syscall.Kill(-c.process.Pid, syscall.SIGKILL)
 	_, _ = c.process.Wait()
-	c.stdout.Close()
-	c.stderr.Close()
+	_ = removeOutputFiles(&taskState{StdoutPath: c.stdoutPath, StderrPath: c.stderrPath})
 }
 
-// readOutput reads one output stream of c line by line into its buffer
-// until EOF, a read error or a read deadline set by stopReading.
-func (l *Launcher) readOutput(c *child, f *os.File, stream tasklauncher.Stream) {
-	defer l.wg.Done()
-	defer func() {
-		f.Close()
-		c.mu.Lock()
-		c.streams--
-		c.broadcast()
-		c.mu.Unlock()
-	}()
-
-	r := bufio.NewReaderSize(f, maxLineBytes)
-	for {
-		b, err := r.ReadSlice('\n')
-		if len(b) > 0 {
-			c.appendLine(tasklauncher.OutputLine{Stream: stream, Line: trimLineEnding(b)})
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func trimLineEnding(b []byte) string {
-	if n := len(b); n > 0 && b[n-1] == '\n' {
-		b = b[:n-1]
-		if n := len(b); n > 0 && b[n-1] == '\r' {
-			b = b[:n-1]
-		}
-	}
-	return string(b)
-}
-
-// waitChild reaps c, records its exit, and then waits for its output to be
-// read. It returns early when the launcher closes, leaving c unreaped.
+// waitChild reaps c and records its exit. Then it waits until no process of
+// c's group runs, for at most outputDrainTimeout, because those processes
+// can still write to c's output files, and marks c done. It returns early
+// when the launcher closes, leaving c unreaped.
 func (l *Launcher) waitChild(c *child) {
 	defer l.wg.Done()
 
@@ -149,25 +97,14 @@ func (l *Launcher) waitChild(c *child) {
 	c.mu.Unlock()
 	l.logger.Info("task exited", "task_id", c.taskID, "runner_id", c.runnerID, "pid", c.key.pid, "exit_code", exit.Code, "reason", exit.Reason)
 
-	timer := time.NewTimer(outputDrainTimeout)
-	defer timer.Stop()
-	for {
-		c.mu.Lock()
-		outputClosed := c.streams == 0
-		changed := c.changed
-		c.mu.Unlock()
-		if outputClosed {
-			break
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			l.logger.Warn("task exited but a process it left behind keeps its output open; stopped reading its output",
-				"task_id", c.taskID, "runner_id", c.runnerID, "pid", c.key.pid, "timeout", outputDrainTimeout)
-			c.stopReading()
-		case <-l.closing:
-			return
-		}
+	st := &taskState{PID: c.key.pid, PGID: c.key.pid, StartTime: c.key.startTime, BootID: l.bootID}
+	drained, err := l.awaitGroupGone(context.Background(), st, outputDrainTimeout)
+	if errors.Is(err, ErrClosed) {
+		return
+	}
+	if !drained {
+		l.logger.Warn("task exited but a process it left behind in its process group still runs and may keep its output open; stopped following its output",
+			"task_id", c.taskID, "runner_id", c.runnerID, "pid", c.key.pid, "timeout", outputDrainTimeout)
 	}
 
 	c.mu.Lock()
@@ -228,46 +165,4 @@ func exitFromStatus(status syscall.WaitStatus) tasklauncher.TaskExit {
 	default:
 		return tasklauncher.TaskExit{Code: -1, Reason: fmt.Sprintf("exit code unknown: unexpected wait status %#x", uint32(status))}
 	}
-}
-
-// outputBuffer is a ring buffer of the last lines of a task's output.
-// Lines are numbered from 0 in the order they were appended.
-type outputBuffer struct {
-	lines []tasklauncher.OutputLine
-	max   int
-	// head is the position in lines of the oldest kept line once lines is
-	// full.
-	head int
-	// total is the number of lines ever appended.
-	total int64
-}
-
-func newOutputBuffer(maxLines int) *outputBuffer {
-	return &outputBuffer{max: maxLines}
-}
-
-func (b *outputBuffer) append(line tasklauncher.OutputLine) {
-	b.total++
-	if len(b.lines) < b.max {
-		b.lines = append(b.lines, line)
-		return
-	}
-	b.lines[b.head] = line
-	b.head = (b.head + 1) % b.max
-}
-
-// first returns the number of the oldest kept line, which equals the number
-// of lines dropped.
-func (b *outputBuffer) first() int64 {
-	return b.total - int64(len(b.lines))
-}
-
-// appendFrom appends to dst up to limit kept lines, starting at line number
-// next, which must be at least first().
-func (b *outputBuffer) appendFrom(dst []tasklauncher.OutputLine, next int64, limit int) []tasklauncher.OutputLine {
-	for i := next; i < b.total && len(dst) < limit; i++ {
-		offset := int(i - b.first())
-		dst = append(dst, b.lines[(b.head+offset)%len(b.lines)])
-	}
-	return dst
 }

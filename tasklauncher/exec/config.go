@@ -19,11 +19,15 @@ const PluginName = "exec"
 // from /proc/PID/environ, so neither Config.Env nor LaunchInfo.Env may set it.
 const LabelsEnv = "ODRKIT_TASK_LABELS"
 
-// Defaults applied by Plugin().NewConfig and by New for empty fields.
-const (
-	DefaultStopGrace      = "5s"
-	DefaultMaxOutputLines = 10000
-)
+// DefaultStopGrace is the stop grace that New applies when
+// Config.StopGrace is empty, and that Plugin().NewConfig sets.
+const DefaultStopGrace = "5s"
+
+// DefaultMaxOutputLines was the default of Config.MaxOutputLines.
+//
+// Deprecated: the launcher keeps no output lines in memory, so the value
+// has no effect.
+const DefaultMaxOutputLines = 10000
 
 // Config is the plugin's `config` block in a runner profile. Its hcl tags
 // are the block's schema. Its json tags are used when the config is sent to
@@ -51,9 +55,18 @@ type Config struct {
 	// "0s" sends SIGKILL right after SIGTERM. Empty means DefaultStopGrace.
 	StopGrace string `hcl:"stop_grace,optional" json:"stop_grace,omitempty"`
 
-	// MaxOutputLines is the number of output lines kept in memory per task
-	// for WatchTask. Older lines are dropped first. Zero means
-	// DefaultMaxOutputLines.
+	// OutputDir is the directory that receives each runner's stdout and
+	// stderr, as the files TASK.stdout and TASK.stderr named after the task
+	// ID. A relative path is resolved against the host's working directory
+	// when the launcher is created. New creates the directory with mode
+	// 0700 when it does not exist. Empty means DefaultOutputDir().
+	OutputDir string `hcl:"output_dir,optional" json:"output_dir,omitempty"`
+
+	// MaxOutputLines was the number of output lines kept in memory per
+	// task. Validate still rejects a negative value, as it did before.
+	//
+	// Deprecated: output goes to files, which WatchTask streams, so the
+	// launcher keeps no lines in memory and the value has no effect.
 	MaxOutputLines int `hcl:"max_output_lines,optional" json:"max_output_lines,omitempty"`
 }
 
@@ -82,11 +95,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("env: %w", err))
 		}
 	}
+	if strings.ContainsRune(c.OutputDir, 0) {
+		errs = append(errs, errors.New("output_dir: contains a NUL byte; remove it"))
+	}
 	if _, err := parseStopGrace(c.StopGrace); err != nil {
 		errs = append(errs, err)
 	}
 	if c.MaxOutputLines < 0 {
-		errs = append(errs, fmt.Errorf("max_output_lines: %d is negative; use a positive number, or 0 for the default of %d", c.MaxOutputLines, DefaultMaxOutputLines))
+		errs = append(errs, fmt.Errorf("max_output_lines: %d is negative; remove the key, which has no effect since output goes to files", c.MaxOutputLines))
 	}
 	return errors.Join(errs...)
 }
@@ -122,7 +138,7 @@ func parseStopGrace(s string) (time.Duration, error) {
 }
 
 func newConfig() *Config {
-	return &Config{StopGrace: DefaultStopGrace, MaxOutputLines: DefaultMaxOutputLines}
+	return &Config{StopGrace: DefaultStopGrace}
 }
 
 // Plugin returns the exec plugin for a [tasklauncher.Registry]. Its

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,6 +66,7 @@ func newTestLauncher(t *testing.T, cfg *Config) (*Launcher, *logBuffer) {
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if cfg == nil {
 		cfg = newConfig()
+		cfg.OutputDir = t.TempDir()
 	}
 	l, err := New(cfg, tasklauncher.Options{Logger: logger})
 	require.NoError(t, err)
@@ -200,21 +202,26 @@ func TestWatchTaskExitCodes(t *testing.T) {
 	}
 }
 
-func TestWatchTaskDropsOldestLines(t *testing.T) {
+func TestWatchTaskReplaysAllLines(t *testing.T) {
 	cfg := newConfig()
+	cfg.OutputDir = t.TempDir()
+	// The deprecated limit no longer drops lines.
 	cfg.MaxOutputLines = 5
 	l, logs := newTestLauncher(t, cfg)
-	state := startTask(t, l, shell(`i=1; while [ $i -le 20 ]; do echo $i; i=$((i+1)); done`, nil))
+	state := startTask(t, l, shell(`seq 1 20000`, nil))
 	stopOnCleanup(t, l, state)
-	// The first watch returns once the task has exited and its output is
-	// buffered.
+	// The first watch returns once the task has exited.
 	watchAll(t, l, state)
 
 	lines, exit := watchAll(t, l, state)
 
-	require.Equal(t, []string{"16", "17", "18", "19", "20"}, linesOf(lines, tasklauncher.Stdout))
+	stdout := linesOf(lines, tasklauncher.Stdout)
+	require.Len(t, stdout, 20000)
+	for i, line := range stdout {
+		require.Equal(t, strconv.Itoa(i+1), line)
+	}
 	require.Equal(t, 0, exit.Code)
-	require.Contains(t, logs.String(), "dropped_lines=15")
+	require.NotContains(t, logs.String(), "dropped")
 }
 
 func TestWatchTaskSplitsLongLines(t *testing.T) {
@@ -300,6 +307,11 @@ func TestStopTaskInvalidState(t *testing.T) {
 		{name: "pid 1", state: `{"pid":1,"pgid":1,"start_time":1}`, want: "pid 1 is not a runner process"},
 		{name: "pid 0", state: `{"pid":0,"pgid":0}`, want: "pid 0 is not a runner process"},
 		{name: "other group", state: `{"pid":1234,"pgid":1,"start_time":1}`, want: "pgid 1 differs from pid 1234"},
+		{name: "relative stdout path", state: `{"pid":1234,"pgid":1234,"stdout_path":"out/t.stdout"}`, want: `stdout_path: path "out/t.stdout" is not an absolute, clean path`},
+		{name: "unclean stderr path", state: `{"pid":1234,"pgid":1234,"stderr_path":"/tmp/../etc/t.stderr"}`, want: "stderr_path: path"},
+		{name: "stdout path without suffix", state: `{"pid":1234,"pgid":1234,"stdout_path":"/etc/passwd"}`, want: `stdout_path: file name of "/etc/passwd" does not end in ".stdout"`},
+		{name: "stderr path with stdout suffix", state: `{"pid":1234,"pgid":1234,"stderr_path":"/tmp/t.stdout"}`, want: `stderr_path: file name of "/tmp/t.stdout" does not end in ".stderr"`},
+		{name: "bare suffix", state: `{"pid":1234,"pgid":1234,"stdout_path":"/tmp/.stdout"}`, want: "stdout_path: file name"},
 	}
 	l, _ := newTestLauncher(t, nil)
 	for _, tt := range tests {
@@ -389,12 +401,13 @@ func TestWatchTaskFromSecondLauncher(t *testing.T) {
 	second, _ := newTestLauncher(t, nil)
 	// The task must still run when the second launcher starts watching it;
 	// one second leaves ample time for that.
-	state := startTask(t, first, shell("echo not-seen; exec sleep 1", nil))
+	state := startTask(t, first, shell("echo from-first; echo err-from-first >&2; exec sleep 1", nil))
 	stopOnCleanup(t, first, state)
 
 	lines, exit := watchAll(t, second, state)
 
-	require.Empty(t, lines)
+	require.Equal(t, []string{"from-first"}, linesOf(lines, tasklauncher.Stdout))
+	require.Equal(t, []string{"err-from-first"}, linesOf(lines, tasklauncher.Stderr))
 	require.Equal(t, -1, exit.Code)
 	require.True(t, strings.HasPrefix(exit.Reason, "exit code unknown: "), "reason %q", exit.Reason)
 }
@@ -417,6 +430,9 @@ func TestStartTaskCancelledContext(t *testing.T) {
 	tasks, err := l.ListTasks(testContext(t), map[string]string{"run": run})
 	require.NoError(t, err)
 	require.Empty(t, tasks)
+	entries, err := os.ReadDir(l.outputDir)
+	require.NoError(t, err)
+	require.Empty(t, entries, "output files of the cancelled starts")
 }
 
 // cancelAfterFirstCheck is a context whose Err returns nil once and
@@ -641,12 +657,22 @@ func TestConfigDefaults(t *testing.T) {
 	cfg, ok := Plugin().NewConfig().(*Config)
 	require.True(t, ok)
 
-	require.Equal(t, &Config{StopGrace: "5s", MaxOutputLines: 10000}, cfg)
+	require.Equal(t, &Config{StopGrace: "5s"}, cfg)
 	require.NoError(t, cfg.Validate())
 
+	// os.TempDir returns $TMPDIR, so the default directory of this test
+	// is in a directory of its own.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
 	l, _ := newTestLauncher(t, &Config{})
 	require.Equal(t, 5*time.Second, l.stopGrace)
-	require.Equal(t, DefaultMaxOutputLines, l.maxLines)
+	wantDir := filepath.Join(tmp, "odrkit-exec-"+strconv.Itoa(os.Getuid()))
+	require.Equal(t, wantDir, DefaultOutputDir())
+	require.Equal(t, wantDir, l.outputDir)
+	info, err := os.Stat(wantDir)
+	require.NoError(t, err)
+	require.True(t, info.IsDir())
+	require.Equal(t, os.FileMode(0o700), info.Mode().Perm())
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -658,7 +684,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "defaults", cfg: *newConfig()},
 		{name: "empty", cfg: Config{}},
 		{name: "zero grace", cfg: Config{StopGrace: "0s"}},
-		{name: "full", cfg: Config{Command: "/usr/bin/runner", Args: []string{"run"}, Dir: "/tmp", Env: map[string]string{"A": "1"}, StopGrace: "1m30s", MaxOutputLines: 50}},
+		{name: "full", cfg: Config{Command: "/usr/bin/runner", Args: []string{"run"}, Dir: "/tmp", Env: map[string]string{"A": "1"}, StopGrace: "1m30s", OutputDir: "/var/log/odrkit", MaxOutputLines: 50}},
+		{name: "relative output dir", cfg: Config{OutputDir: "logs/runners"}},
 		{name: "bad grace", cfg: Config{StopGrace: "five seconds"}, want: `stop_grace: invalid duration "five seconds"`},
 		{name: "grace without unit", cfg: Config{StopGrace: "5"}, want: `stop_grace: invalid duration "5"`},
 		{name: "negative grace", cfg: Config{StopGrace: "-1s"}, want: `stop_grace: "-1s" is negative`},
@@ -670,6 +697,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "NUL in command", cfg: Config{Command: "run\x00ner"}, want: "command: contains a NUL byte"},
 		{name: "NUL in args", cfg: Config{Args: []string{"ok", "b\x00d"}}, want: "args[1]: contains a NUL byte"},
 		{name: "NUL in dir", cfg: Config{Dir: "/t\x00mp"}, want: "dir: contains a NUL byte"},
+		{name: "NUL in output dir", cfg: Config{OutputDir: "/t\x00mp"}, want: "output_dir: contains a NUL byte"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -694,6 +722,7 @@ func TestConfigJSONRoundTrip(t *testing.T) {
 		Dir:            "/var/lib/runner",
 		Env:            map[string]string{"LOG_LEVEL": "debug"},
 		StopGrace:      "10s",
+		OutputDir:      "/var/log/odrkit",
 		MaxOutputLines: 500,
 	}
 
@@ -703,7 +732,7 @@ func TestConfigJSONRoundTrip(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &decoded))
 
 	require.Equal(t, cfg, decoded)
-	require.JSONEq(t, `{"command":"/usr/bin/runner","args":["run","--verbose"],"dir":"/var/lib/runner","env":{"LOG_LEVEL":"debug"},"stop_grace":"10s","max_output_lines":500}`, string(b))
+	require.JSONEq(t, `{"command":"/usr/bin/runner","args":["run","--verbose"],"dir":"/var/lib/runner","env":{"LOG_LEVEL":"debug"},"stop_grace":"10s","output_dir":"/var/log/odrkit","max_output_lines":500}`, string(b))
 }
 
 func TestParseProcStat(t *testing.T) {
@@ -735,9 +764,10 @@ func TestStateRecordsStartTime(t *testing.T) {
 	require.Equal(t, "runner-1", st.RunnerID)
 }
 
-func TestWatchTaskReturnsWhilePipesHeldOpen(t *testing.T) {
+func TestWatchTaskReturnsWhileGroupMemberRuns(t *testing.T) {
 	l, logs := newTestLauncher(t, nil)
-	// The background sleep keeps stdout open after the shell exits.
+	// The background sleep stays in the shell's process group and keeps
+	// stdout open after the shell exits.
 	state := startTask(t, l, shell(`sleep 1000 & echo $!`, nil))
 	stopOnCleanup(t, l, state)
 
@@ -749,5 +779,371 @@ func TestWatchTaskReturnsWhilePipesHeldOpen(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = syscall.Kill(leftPID, syscall.SIGKILL) })
 	require.Equal(t, 0, exit.Code)
-	require.Contains(t, logs.String(), "keeps its output open")
+	require.Contains(t, logs.String(), "a process it left behind in its process group still runs")
+}
+
+// outputFileNames returns the names of the files in dir.
+func outputFileNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// reapOnCleanup reaps pid when the test ends. A child of a closed launcher
+// is reaped by nobody else, and would stay a zombie until the test binary
+// exits.
+func reapOnCleanup(t *testing.T, pid int) {
+	t.Helper()
+	t.Cleanup(func() {
+		var status syscall.WaitStatus
+		_, _ = syscall.Wait4(pid, &status, syscall.WNOHANG, nil)
+	})
+}
+
+func TestRunnerOutlivesClosedLauncher(t *testing.T) {
+	dir := t.TempDir()
+	cfg := newConfig()
+	cfg.OutputDir = dir
+	first, err := New(cfg, tasklauncher.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, first.Close()) })
+	// The shell dies of SIGPIPE or EPIPE at its next line if its output
+	// depends on the launcher.
+	state := startTask(t, first, shell(`i=1; while :; do echo line-$i; echo err-$i >&2; i=$((i+1)); sleep 0.05; done`, nil))
+	st := mustDecodeState(t, state)
+	reapOnCleanup(t, st.PID)
+	// The first launcher cannot stop the task once it is closed.
+	t.Cleanup(func() {
+		cleanup, err := New(cfg, tasklauncher.Options{})
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		_ = cleanup.StopTask(ctx, state)
+		require.NoError(t, cleanup.Close())
+	})
+
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(st.StdoutPath)
+		return err == nil && bytes.Count(b, []byte("\n")) >= 2
+	}, testTimeout, 10*time.Millisecond)
+	require.NoError(t, first.Close())
+	before, err := os.ReadFile(st.StdoutPath)
+	require.NoError(t, err)
+	linesBefore := bytes.Count(before, []byte("\n"))
+
+	time.Sleep(300 * time.Millisecond)
+	require.True(t, processLive(st.PID), "the runner died after its launcher was closed")
+
+	second, _ := newTestLauncher(t, cfg)
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	var mu sync.Mutex
+	var lines []tasklauncher.OutputLine
+	want := fmt.Sprintf("line-%d", linesBefore+5)
+	seen := make(chan struct{})
+	watchDone := make(chan error, 1)
+	go func() {
+		_, err := second.WatchTask(ctx, state, func(line tasklauncher.OutputLine) {
+			mu.Lock()
+			defer mu.Unlock()
+			lines = append(lines, line)
+			if line.Line == want {
+				close(seen)
+			}
+		})
+		watchDone <- err
+	}()
+	select {
+	case <-seen:
+	case <-time.After(testTimeout):
+		t.Fatalf("WatchTask of the second launcher did not send %q", want)
+	}
+	cancel()
+	require.ErrorIs(t, <-watchDone, context.Canceled)
+
+	mu.Lock()
+	defer mu.Unlock()
+	stdout := linesOf(lines, tasklauncher.Stdout)
+	stderr := linesOf(lines, tasklauncher.Stderr)
+	require.GreaterOrEqual(t, len(stdout), linesBefore+5)
+	for i, line := range stdout {
+		require.Equal(t, fmt.Sprintf("line-%d", i+1), line, "stdout line %d", i+1)
+	}
+	require.NotEmpty(t, stderr)
+	for i, line := range stderr {
+		require.Equal(t, fmt.Sprintf("err-%d", i+1), line, "stderr line %d", i+1)
+	}
+
+	require.NoError(t, second.StopTask(testContext(t), state))
+	require.False(t, processLive(st.PID))
+	require.Empty(t, outputFileNames(t, dir))
+}
+
+func TestStopTaskRemovesOutputFiles(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+		// exited waits for the task's exit before StopTask.
+		exited bool
+		// removed deletes the files before StopTask.
+		removed bool
+	}{
+		{name: "running", script: "echo out; echo err >&2; exec sleep 1000"},
+		{name: "exited", script: "echo out; echo err >&2", exited: true},
+		{name: "files already removed", script: "exec sleep 1000", removed: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, _ := newTestLauncher(t, nil)
+			state := startTask(t, l, shell(tt.script, nil))
+			stopOnCleanup(t, l, state)
+			st := mustDecodeState(t, state)
+			require.FileExists(t, st.StdoutPath)
+			require.FileExists(t, st.StderrPath)
+			if tt.exited {
+				watchAll(t, l, state)
+			}
+			if tt.removed {
+				require.NoError(t, os.Remove(st.StdoutPath))
+				require.NoError(t, os.Remove(st.StderrPath))
+			}
+
+			require.NoError(t, l.StopTask(testContext(t), state))
+
+			require.NoFileExists(t, st.StdoutPath)
+			require.NoFileExists(t, st.StderrPath)
+			require.Empty(t, outputFileNames(t, l.outputDir))
+			require.NoError(t, l.StopTask(testContext(t), state), "second StopTask")
+		})
+	}
+}
+
+func TestOutputDirCustom(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nested", "output")
+	cfg := newConfig()
+	cfg.OutputDir = dir
+	l, _ := newTestLauncher(t, cfg)
+	info := shell("echo to-stdout; echo to-stderr >&2", nil)
+	info.TaskID = "task-custom"
+	state := startTask(t, l, info)
+	stopOnCleanup(t, l, state)
+	st := mustDecodeState(t, state)
+
+	_, exit := watchAll(t, l, state)
+
+	require.Equal(t, 0, exit.Code)
+	dirInfo, err := os.Stat(dir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), dirInfo.Mode().Perm())
+	require.Equal(t, filepath.Join(dir, "task-custom.stdout"), st.StdoutPath)
+	require.Equal(t, filepath.Join(dir, "task-custom.stderr"), st.StderrPath)
+	for path, want := range map[string]string{st.StdoutPath: "to-stdout\n", st.StderrPath: "to-stderr\n"} {
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.Equal(t, want, string(b))
+		fileInfo, err := os.Stat(path)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fileInfo.Mode().Perm(), path)
+	}
+}
+
+func TestOutputDirRelative(t *testing.T) {
+	work := t.TempDir()
+	t.Chdir(work)
+	cfg := newConfig()
+	cfg.OutputDir = "logs"
+	l, _ := newTestLauncher(t, cfg)
+	// A later change of the working directory does not move the output.
+	t.Chdir(t.TempDir())
+	state := startTask(t, l, shell("echo relative", nil))
+	stopOnCleanup(t, l, state)
+	st := mustDecodeState(t, state)
+
+	lines, _ := watchAll(t, l, state)
+
+	require.Equal(t, []string{"relative"}, linesOf(lines, tasklauncher.Stdout))
+	require.True(t, filepath.IsAbs(st.StdoutPath), st.StdoutPath)
+	want, err := os.Stat(filepath.Join(work, "logs", "task-1.stdout"))
+	require.NoError(t, err)
+	got, err := os.Stat(st.StdoutPath)
+	require.NoError(t, err)
+	require.True(t, os.SameFile(want, got), "stdout file %s is not in %s", st.StdoutPath, filepath.Join(work, "logs"))
+}
+
+func TestDefaultOutputDirRejected(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir string)
+		want  string
+	}{
+		{
+			name: "writable by others",
+			setup: func(t *testing.T, dir string) {
+				require.NoError(t, os.Mkdir(dir, 0o700))
+				require.NoError(t, os.Chmod(dir, 0o777))
+			},
+			want: "lets other users write to it",
+		},
+		{
+			name:  "symbolic link",
+			setup: func(t *testing.T, dir string) { require.NoError(t, os.Symlink(t.TempDir(), dir)) },
+			want:  "is not a directory",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmp := t.TempDir()
+			t.Setenv("TMPDIR", tmp)
+			tt.setup(t, DefaultOutputDir())
+
+			_, err := New(newConfig(), tasklauncher.Options{})
+
+			require.ErrorContains(t, err, "output_dir: default directory "+DefaultOutputDir())
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestOutputFileNames(t *testing.T) {
+	tests := []struct {
+		taskID string
+		want   string
+	}{
+		{taskID: "job-42_a.b", want: "job-42_a.b"},
+		{taskID: "../../etc/passwd", want: "task-.._.._etc_passwd"},
+		{taskID: "a/b c", want: "a_b_c"},
+		{taskID: "", want: "task-"},
+		{taskID: ".hidden", want: "task-.hidden"},
+		{taskID: strings.Repeat("x", 300), want: strings.Repeat("x", maxFileNameBytes)},
+	}
+	l, _ := newTestLauncher(t, nil)
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			info := shell("exit 0", nil)
+			info.TaskID = tt.taskID
+			state := startTask(t, l, info)
+			stopOnCleanup(t, l, state)
+			st := mustDecodeState(t, state)
+
+			require.Equal(t, filepath.Join(l.outputDir, tt.want+".stdout"), st.StdoutPath)
+			require.Equal(t, filepath.Join(l.outputDir, tt.want+".stderr"), st.StderrPath)
+			require.NoError(t, l.StopTask(testContext(t), state))
+		})
+	}
+}
+
+func TestStartTaskSameTaskIDTwice(t *testing.T) {
+	l, _ := newTestLauncher(t, nil)
+	first := startTask(t, l, shell("echo first; exec sleep 1000", nil))
+	stopOnCleanup(t, l, first)
+	second := startTask(t, l, shell("echo second", nil))
+	stopOnCleanup(t, l, second)
+	firstState := mustDecodeState(t, first)
+	secondState := mustDecodeState(t, second)
+
+	lines, _ := watchAll(t, l, second)
+
+	require.Equal(t, filepath.Join(l.outputDir, "task-1.stdout"), firstState.StdoutPath)
+	require.NotEqual(t, firstState.StdoutPath, secondState.StdoutPath)
+	require.NotEqual(t, firstState.StderrPath, secondState.StderrPath)
+	require.Equal(t, []string{"second"}, linesOf(lines, tasklauncher.Stdout))
+	require.NoError(t, l.StopTask(testContext(t), second))
+	require.FileExists(t, firstState.StdoutPath, "stopping the second task removed the first task's file")
+}
+
+func TestWatchTaskExitedForeignTask(t *testing.T) {
+	first, _ := newTestLauncher(t, nil)
+	second, _ := newTestLauncher(t, nil)
+	state := startTask(t, first, shell("echo out; echo err >&2; exit 3", nil))
+	stopOnCleanup(t, first, state)
+	// The first launcher reaps the task, so no process is left.
+	_, exit := watchAll(t, first, state)
+	require.Equal(t, 3, exit.Code)
+
+	lines, exit := watchAll(t, second, state)
+
+	require.Equal(t, []string{"out"}, linesOf(lines, tasklauncher.Stdout))
+	require.Equal(t, []string{"err"}, linesOf(lines, tasklauncher.Stderr))
+	require.Equal(t, -1, exit.Code)
+	require.True(t, strings.HasPrefix(exit.Reason, "exit code unknown: "), "reason %q", exit.Reason)
+
+	require.NoError(t, second.StopTask(testContext(t), state))
+	_, err := second.WatchTask(testContext(t), state, func(tasklauncher.OutputLine) {})
+	require.ErrorIs(t, err, tasklauncher.ErrTaskNotFound)
+}
+
+func TestListTasksStateNamesOutputFiles(t *testing.T) {
+	run := uniqueLabel(t)
+	l, _ := newTestLauncher(t, nil)
+	state := startTask(t, l, shell("echo listed; exec sleep 1000", map[string]string{"run": run}))
+	stopOnCleanup(t, l, state)
+	st := mustDecodeState(t, state)
+
+	tasks, err := l.ListTasks(testContext(t), map[string]string{"run": run})
+
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	listed := mustDecodeState(t, tasks[0].State)
+	require.Equal(t, st.StdoutPath, listed.StdoutPath)
+	require.Equal(t, st.StderrPath, listed.StderrPath)
+	require.NoError(t, l.StopTask(testContext(t), tasks[0].State))
+	require.NoFileExists(t, st.StdoutPath)
+	require.NoFileExists(t, st.StderrPath)
+}
+
+func TestLineReader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.stdout")
+	w, err := os.Create(path)
+	require.NoError(t, err)
+	defer w.Close()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	r := newLineReader(f, tasklauncher.Stdout)
+	defer r.close()
+	write := func(s string) {
+		t.Helper()
+		_, err := w.WriteString(s)
+		require.NoError(t, err)
+	}
+	requireLine := func(want string) {
+		t.Helper()
+		line, ok, err := r.next()
+		require.NoError(t, err)
+		require.True(t, ok, "no line where %q was expected", want)
+		require.Equal(t, want, line)
+	}
+	requireNoLine := func() {
+		t.Helper()
+		line, ok, err := r.next()
+		require.NoError(t, err)
+		require.False(t, ok, "unexpected line %q", line)
+	}
+
+	requireNoLine()
+	write("one\ntw")
+	requireLine("one")
+	requireNoLine()
+	write("o\r\nthree\n")
+	requireLine("two")
+	requireLine("three")
+	requireNoLine()
+
+	// A long line written in two parts is split at maxLineBytes.
+	write(strings.Repeat("a", maxLineBytes-10))
+	requireNoLine()
+	write(strings.Repeat("a", 30) + "\nend")
+	requireLine(strings.Repeat("a", maxLineBytes))
+	requireLine(strings.Repeat("a", 20))
+	requireNoLine()
+
+	rest, ok := r.rest()
+	require.True(t, ok)
+	require.Equal(t, "end", rest)
+	_, ok = r.rest()
+	require.False(t, ok)
 }

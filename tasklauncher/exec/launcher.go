@@ -5,23 +5,38 @@
 //
 // # Output
 //
-// The launcher reads the child's stdout and stderr through pipes, splits
-// them into lines and keeps the last Config.MaxOutputLines lines of each
-// task in memory, so that WatchTask can replay a task's output from its
-// start and then follow it. Lines longer than 64 KiB are split into parts
-// of 64 KiB. The order of lines within one stream is kept. Lines of stdout
-// and stderr are interleaved in the order the launcher read them, which can
-// differ from the order the child wrote them. A process that the runner
-// leaves behind can keep the pipes open after the runner exits. The
-// launcher stops reading them 2 seconds after the exit, so that WatchTask
-// returns.
+// The runner's stdout and stderr are files, OUTPUT_DIR/TASK.stdout and
+// OUTPUT_DIR/TASK.stderr, which StartTask creates with mode 0600 and passes
+// to the runner as its file descriptors 1 and 2. TASK is the task ID with
+// bytes other than letters, digits, '-', '_' and '.' replaced by '_'. When
+// a file of that name exists, StartTask adds a random suffix to the name. No pipe or goroutine of
+// the host process sits between the runner and its output, so the runner
+// keeps running and writing when the host process exits or crashes, and a
+// later host process can still connect to it and read its output.
+//
+// WatchTask streams both files from their start and follows them, checking
+// for new output every 100 ms, until the runner has exited and the files
+// are read to their end. Lines longer than 64 KiB are split into parts of
+// 64 KiB. The order of lines within one stream is kept. Lines of stdout and
+// stderr are interleaved in the order WatchTask read them, which can differ
+// from the order the runner wrote them. After the runner exits, WatchTask
+// follows the files for at most 2 more seconds while processes the runner
+// left behind in its process group still run, and then returns.
+//
+// StopTask removes the two files once the runner is stopped, also when it
+// had exited by itself. A host process that crashes leaves the files of
+// its runners behind until a later host process stops those tasks, which
+// odrkit's reconciliation after a restart does. The files have no size
+// limit, so a runner that writes without end fills the file system of the
+// output directory.
 //
 // # State
 //
 // The launcher state is JSON with the runner's PID, process group ID, start
-// time and boot ID. A later host process compares the start time from
-// /proc/PID/stat with the state before it signals anything, so it never
-// signals an unrelated process that reuses the PID.
+// time, boot ID and the paths of its output files. A later host process
+// compares the start time from /proc/PID/stat with the state before it
+// signals anything, so it never signals an unrelated process that reuses
+// the PID.
 //
 // # Labels
 //
@@ -32,13 +47,11 @@
 //
 // # Close
 //
-// Close leaves the runners running. It stops the goroutines that read the
-// runners' output and wait for their exit, closes the read ends of the
-// output pipes and returns. After Close, a runner that writes to stdout or
-// stderr gets EPIPE or SIGPIPE, as it would after the host process exits,
-// and a runner that exits stays a zombie until the host process exits,
-// because nothing reaps it. A new Launcher can still stop those runners
-// from their state.
+// Close leaves the runners running, and they keep writing their output
+// files. It stops the goroutines that wait for the runners' exit and
+// returns. A runner that exits after Close stays a zombie until the host
+// process exits, because nothing reaps it. A new Launcher can still watch
+// and stop those runners from their state.
 package exec
 
 import (
@@ -50,6 +63,7 @@ import (
 	"maps"
 	"os"
 	osexec "os/exec"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -72,9 +86,13 @@ var (
 type Launcher struct {
 	cfg       Config
 	stopGrace time.Duration
-	maxLines  int
-	logger    *slog.Logger
-	bootID    string
+	// outputDir is the absolute path of Config.OutputDir, and
+	// outputDirResolved the same without symbolic links, as
+	// /proc/PID/fd shows it.
+	outputDir         string
+	outputDirResolved string
+	logger            *slog.Logger
+	bootID            string
 
 	mu       sync.Mutex
 	closed   bool
@@ -82,8 +100,8 @@ type Launcher struct {
 	// closing is closed by Close. It stops the goroutines in wg and ends
 	// WatchTask calls.
 	closing chan struct{}
-	// wg counts the goroutines that read output and wait for children,
-	// and StartTask calls in progress.
+	// wg counts the goroutines that wait for children, and StartTask calls
+	// in progress.
 	wg sync.WaitGroup
 }
 
@@ -93,7 +111,8 @@ type childKey struct {
 	startTime uint64
 }
 
-// New returns a launcher for cfg. A nil opts.Logger discards log records.
+// New returns a launcher for cfg. It creates the output directory when it
+// does not exist. A nil opts.Logger discards log records.
 func New(cfg *Config, opts tasklauncher.Options) (*Launcher, error) {
 	if cfg == nil {
 		return nil, errors.New("exec launcher: config is nil; pass the config returned by the plugin's NewConfig")
@@ -105,11 +124,15 @@ func New(cfg *Config, opts tasklauncher.Options) (*Launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("exec launcher config: %w", err)
 	}
-
-	maxLines := cfg.MaxOutputLines
-	if maxLines == 0 {
-		maxLines = DefaultMaxOutputLines
+	outputDir, err := prepareOutputDir(cfg.OutputDir)
+	if err != nil {
+		return nil, fmt.Errorf("exec launcher config: %w", err)
 	}
+	outputDirResolved, err := filepath.EvalSymlinks(outputDir)
+	if err != nil {
+		return nil, fmt.Errorf("exec launcher config: output_dir: %w", err)
+	}
+
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -118,14 +141,16 @@ func New(cfg *Config, opts tasklauncher.Options) (*Launcher, error) {
 	c := *cfg
 	c.Args = slices.Clone(cfg.Args)
 	c.Env = maps.Clone(cfg.Env)
+	c.OutputDir = outputDir
 	return &Launcher{
-		cfg:       c,
-		stopGrace: grace,
-		maxLines:  maxLines,
-		logger:    logger,
-		bootID:    readBootID(),
-		children:  make(map[childKey]*child),
-		closing:   make(chan struct{}),
+		cfg:               c,
+		stopGrace:         grace,
+		outputDir:         outputDir,
+		outputDirResolved: outputDirResolved,
+		logger:            logger,
+		bootID:            readBootID(),
+		children:          make(map[childKey]*child),
+		closing:           make(chan struct{}),
 	}, nil
 }
 
@@ -137,8 +162,12 @@ func New(cfg *Config, opts tasklauncher.Options) (*Launcher, error) {
 // The environment is the host's environment, then Config.Env, then
 // info.Env, with later entries winning, and ODRKIT_TASK_LABELS.
 //
+// The runner's stdout and stderr go to new files in Config.OutputDir, named
+// after info.TaskID, as the package documentation describes.
+//
 // When ctx is done before StartTask returns, the process is killed and
-// reaped before StartTask returns the error, so nothing is left running.
+// reaped and its output files are removed before StartTask returns the
+// error, so nothing is left behind.
 func (l *Launcher) StartTask(ctx context.Context, info *tasklauncher.LaunchInfo) ([]byte, error) {
 	if info == nil {
 		return nil, errors.New("start task: launch info is nil")
@@ -176,20 +205,20 @@ func (l *Launcher) StartTask(ctx context.Context, info *tasklauncher.LaunchInfo)
 		return nil, fmt.Errorf("start task %s: %w", info.TaskID, ErrClosed)
 	}
 	l.children[c.key] = c
-	l.wg.Add(3)
-	go l.readOutput(c, c.stdout, tasklauncher.Stdout)
-	go l.readOutput(c, c.stderr, tasklauncher.Stderr)
+	l.wg.Add(1)
 	go l.waitChild(c)
 	l.mu.Unlock()
 
-	l.logger.Info("started task", "task_id", info.TaskID, "runner_id", info.RunnerID, "pid", c.key.pid, "command", cmd.Path)
+	l.logger.Info("started task", "task_id", info.TaskID, "runner_id", info.RunnerID, "pid", c.key.pid, "command", cmd.Path, "stdout", c.stdoutPath, "stderr", c.stderrPath)
 	st := taskState{
-		PID:       c.key.pid,
-		PGID:      c.key.pid,
-		StartTime: c.key.startTime,
-		BootID:    l.bootID,
-		TaskID:    info.TaskID,
-		RunnerID:  info.RunnerID,
+		PID:        c.key.pid,
+		PGID:       c.key.pid,
+		StartTime:  c.key.startTime,
+		BootID:     l.bootID,
+		TaskID:     info.TaskID,
+		RunnerID:   info.RunnerID,
+		StdoutPath: c.stdoutPath,
+		StderrPath: c.stderrPath,
 	}
 	return st.encode(), nil
 }
@@ -249,42 +278,33 @@ func (l *Launcher) command(info *tasklauncher.LaunchInfo) (*osexec.Cmd, error) {
 	return cmd, nil
 }
 
-// startChild starts cmd with its output going to new pipes and returns the
-// child. The caller starts its goroutines or calls abort.
+// startChild starts cmd with its output going to new files and returns the
+// child. The caller starts its goroutine or calls abort.
 func (l *Launcher) startChild(cmd *osexec.Cmd, info *tasklauncher.LaunchInfo) (*child, error) {
-	stdoutR, stdoutW, err := os.Pipe()
+	files, err := createOutputFiles(l.outputDir, info.TaskID)
 	if err != nil {
-		return nil, fmt.Errorf("create stdout pipe: %w", err)
+		return nil, err
 	}
-	stderrR, stderrW, err := os.Pipe()
-	if err != nil {
-		stdoutR.Close()
-		stdoutW.Close()
-		return nil, fmt.Errorf("create stderr pipe: %w", err)
-	}
-	cmd.Stdout = stdoutW
-	cmd.Stderr = stderrW
+	// An *os.File is passed to the child as its file descriptor, with no
+	// goroutine copying the output.
+	cmd.Stdout = files.stdout
+	cmd.Stderr = files.stderr
 	startErr := cmd.Start()
-	// The child holds its own copies of the write ends. Closing ours lets
-	// the readers see EOF once the child and its descendants close theirs.
-	stdoutW.Close()
-	stderrW.Close()
+	// The child holds its own descriptors of the files.
+	files.closeFiles()
 	if startErr != nil {
-		stdoutR.Close()
-		stderrR.Close()
+		_ = removeOutputFiles(&taskState{StdoutPath: files.stdoutPath, StderrPath: files.stderrPath})
 		return nil, fmt.Errorf("run %q: %w", cmd.Path, startErr)
 	}
 
 	c := &child{
-		taskID:   info.TaskID,
-		runnerID: info.RunnerID,
-		process:  cmd.Process,
-		stdout:   stdoutR,
-		stderr:   stderrR,
-		out:      newOutputBuffer(l.maxLines),
-		changed:  make(chan struct{}),
-		reaped:   make(chan struct{}),
-		streams:  2,
+		taskID:     info.TaskID,
+		runnerID:   info.RunnerID,
+		process:    cmd.Process,
+		stdoutPath: files.stdoutPath,
+		stderrPath: files.stderrPath,
+		changed:    make(chan struct{}),
+		reaped:     make(chan struct{}),
 	}
 	pid := cmd.Process.Pid
 	// The child cannot have been reaped yet, so its /proc entry exists
@@ -338,7 +358,6 @@ func (l *Launcher) Close() error {
 	l.mu.Unlock()
 
 	for _, c := range children {
-		c.stopReading()
 		if !c.isReaped() {
 			l.logger.Info("stopped tracking task on close; it keeps running", "task_id", c.taskID, "runner_id", c.runnerID, "pid", c.key.pid)
 		}

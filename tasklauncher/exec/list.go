@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 
 	"github.com/odrkit/odrkit/tasklauncher"
 )
@@ -11,7 +14,10 @@ import (
 // ListTasks returns the running runners whose labels include all of labels,
 // from any host process. It finds them by the ODRKIT_TASK_LABELS variable in
 // /proc/PID/environ and skips the processes it cannot read, such as those of
-// other users. The states it returns carry no task or runner ID.
+// other users. The states it returns carry no task or runner ID. They name
+// the runner's output files when its stdout and stderr, as /proc/PID/fd
+// shows them, are files in this launcher's output directory, so that
+// StopTask removes them and WatchTask reads them.
 //
 // Only process group leaders count as runners: the processes a runner starts
 // inherit its environment, but stay in its group.
@@ -62,7 +68,14 @@ func (l *Launcher) inspectProcess(pid int) (tasklauncher.TaskInfo, bool) {
 	if taskLabels == nil {
 		taskLabels = map[string]string{}
 	}
-	st := taskState{PID: pid, PGID: pid, StartTime: ps.startTime, BootID: l.bootID}
+	st := taskState{
+		PID:        pid,
+		PGID:       pid,
+		StartTime:  ps.startTime,
+		BootID:     l.bootID,
+		StdoutPath: l.outputFileOf(pid, 1, stdoutSuffix),
+		StderrPath: l.outputFileOf(pid, 2, stderrSuffix),
+	}
 	return tasklauncher.TaskInfo{State: st.encode(), Labels: taskLabels, Running: true}, true
 }
 
@@ -73,4 +86,21 @@ func containsLabels(have, want map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// outputFileOf returns the path of the file that descriptor fd of process
+// pid refers to, when that is an output file in the launcher's output
+// directory with the given suffix, and "" otherwise.
+func (l *Launcher) outputFileOf(pid, fd int, suffix string) string {
+	target, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(fd))
+	// A removed file shows as "PATH (deleted)", which fails the suffix
+	// check.
+	if err != nil || checkOutputPath(target, suffix) != nil {
+		return ""
+	}
+	dir := filepath.Dir(target)
+	if dir != l.outputDir && dir != l.outputDirResolved {
+		return ""
+	}
+	return target
 }

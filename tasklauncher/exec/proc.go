@@ -30,6 +30,12 @@ type taskState struct {
 	BootID   string `json:"boot_id,omitempty"`
 	TaskID   string `json:"task_id,omitempty"`
 	RunnerID string `json:"runner_id,omitempty"`
+	// StdoutPath and StderrPath are the absolute paths of the files that
+	// receive the runner's stdout and stderr. They are empty in states
+	// that ListTasks returns for runners whose output it cannot attribute
+	// to files in the output directory.
+	StdoutPath string `json:"stdout_path,omitempty"`
+	StderrPath string `json:"stderr_path,omitempty"`
 }
 
 // decodeState parses a launcher state. It returns nil for an empty state,
@@ -49,6 +55,14 @@ func decodeState(state []byte) (*taskState, error) {
 	}
 	if st.PGID != st.PID {
 		return nil, fmt.Errorf("invalid exec launcher state: pgid %d differs from pid %d, but the launcher makes each runner the leader of its own process group; pass the state returned by StartTask or ListTasks", st.PGID, st.PID)
+	}
+	// StopTask removes the output files, so accept only paths that the
+	// launcher could have created.
+	if err := checkOutputPath(st.StdoutPath, stdoutSuffix); err != nil {
+		return nil, fmt.Errorf("invalid exec launcher state: stdout_path: %w; pass the state returned by StartTask or ListTasks", err)
+	}
+	if err := checkOutputPath(st.StderrPath, stderrSuffix); err != nil {
+		return nil, fmt.Errorf("invalid exec launcher state: stderr_path: %w; pass the state returned by StartTask or ListTasks", err)
 	}
 	return &st, nil
 }

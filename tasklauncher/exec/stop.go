@@ -18,10 +18,13 @@ const stopPollInterval = 20 * time.Millisecond
 // once no member runs and, for a child of this launcher, once the runner is
 // reaped.
 //
-// It signals nothing and returns nil when the state is empty, the runner
-// has already exited, or its PID now belongs to another process (the start
-// time differs). When ctx is done first, it returns ctx's error, and the
-// runner may still be running.
+// Once the runner is stopped, or had already exited, StopTask removes its
+// output files. A file that is already gone is not an error.
+//
+// It signals nothing when the state is empty, the runner has already
+// exited, or its PID now belongs to another process (the start time
+// differs). When ctx is done first, it returns ctx's error, the runner may
+// still be running, and its output files are kept.
 func (l *Launcher) StopTask(ctx context.Context, state []byte) error {
 	st, err := decodeState(state)
 	if err != nil {
@@ -44,7 +47,7 @@ func (l *Launcher) StopTask(ctx context.Context, state []byte) error {
 			}
 			l.forget(c)
 		}
-		return nil
+		return l.removeOutput(st)
 	}
 
 	log := l.logger.With("task_id", st.TaskID, "runner_id", st.RunnerID, "pid", st.PID)
@@ -76,6 +79,14 @@ func (l *Launcher) StopTask(ctx context.Context, state []byte) error {
 		l.forget(c)
 	}
 	log.Info("stopped task")
+	return l.removeOutput(st)
+}
+
+// removeOutput removes the output files of a stopped task.
+func (l *Launcher) removeOutput(st *taskState) error {
+	if err := removeOutputFiles(st); err != nil {
+		return fmt.Errorf("stop task %s (pid %d): %w; check the permissions of the output directory", st.TaskID, st.PID, err)
+	}
 	return nil
 }
 

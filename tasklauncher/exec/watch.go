@@ -2,31 +2,41 @@ package exec
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"time"
 
 	"github.com/odrkit/odrkit/tasklauncher"
 )
 
 const (
-	// watchBatchLines is the maximum number of lines WatchTask copies out of
-	// a task's buffer under its lock at a time.
+	// watchBatchLines is the maximum number of lines WatchTask reads from
+	// one stream before it turns to the other one.
 	watchBatchLines = 256
 
-	// foreignPollInterval is how often WatchTask checks whether a runner
-	// that is not a child of this launcher still runs.
-	foreignPollInterval = 250 * time.Millisecond
+	// outputPollInterval is how often WatchTask checks the output files for
+	// new data and a runner that is not a child of this launcher for its
+	// exit.
+	outputPollInterval = 100 * time.Millisecond
 )
 
-// WatchTask sends the runner's output lines to output, from the oldest line
-// still buffered, then follows new lines, and returns the runner's exit
+// WatchTask sends the runner's output lines to output, from the start of
+// its output files, then follows new lines, and returns the runner's exit
 // once it has exited and its output was sent.
 //
 // For a runner that this launcher did not start, such as one started before
-// the host restarted, WatchTask sends no output. It waits until the process
-// exits and returns exit code -1 with a reason that starts with "exit code
-// unknown", because only the parent can read the exit status. When no such
-// process exists, the error wraps [tasklauncher.ErrTaskNotFound].
+// the host restarted, WatchTask sends the output in the same way. It
+// returns exit code -1 with a reason that starts with "exit code unknown",
+// because only the parent can read the exit status. The error wraps
+// [tasklauncher.ErrTaskNotFound] when neither the process nor its output
+// files exist, as after StopTask.
+//
+// A state from ListTasks names output files only when the runner's stdout
+// and stderr are files in this launcher's output directory. For other
+// states without them, WatchTask sends no output and only waits for the
+// exit.
 func (l *Launcher) WatchTask(ctx context.Context, state []byte, output func(tasklauncher.OutputLine)) (tasklauncher.TaskExit, error) {
 	st, err := decodeState(state)
 	if err != nil {
@@ -39,80 +49,153 @@ func (l *Launcher) WatchTask(ctx context.Context, state []byte, output func(task
 	if err != nil {
 		return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s (pid %d): %w", st.TaskID, st.PID, err)
 	}
-	if c != nil {
-		exit, err := l.followChild(ctx, c, output)
-		if err != nil {
-			return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s (pid %d): %w", st.TaskID, st.PID, err)
-		}
-		return exit, nil
+
+	readers, err := l.openOutput(st)
+	if err != nil {
+		return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s (pid %d): %w", st.TaskID, st.PID, err)
 	}
-	return l.watchForeign(ctx, st)
+	defer func() {
+		for _, r := range readers {
+			r.close()
+		}
+	}()
+	// The files are opened before the process is checked. StopTask removes
+	// them only after the process is gone, so a concurrent StopTask either
+	// leaves open files to read or leads to ErrTaskNotFound.
+	exists := c != nil || l.leaderExists(st)
+	if !exists && len(readers) == 0 {
+		return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s: no process with pid %d and start time %d, and no output files: %w", st.TaskID, st.PID, st.StartTime, tasklauncher.ErrTaskNotFound)
+	}
+
+	var finished func() (bool, tasklauncher.TaskExit, <-chan struct{})
+	if c != nil {
+		finished = c.status
+	} else {
+		finished = l.foreignStatus(st)
+	}
+	exit, err := l.follow(ctx, readers, output, finished)
+	if err != nil {
+		return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s (pid %d): %w", st.TaskID, st.PID, err)
+	}
+	return exit, nil
 }
 
-// followChild sends c's buffered and new output to output and returns c's
-// exit once c is done.
-func (l *Launcher) followChild(ctx context.Context, c *child, output func(tasklauncher.OutputLine)) (tasklauncher.TaskExit, error) {
-	var next int64
-	batch := make([]tasklauncher.OutputLine, 0, watchBatchLines)
+// openOutput opens the output files that st names. It skips a file that
+// does not exist, and logs a warning for it while the process still exists,
+// because then something other than StopTask removed it.
+func (l *Launcher) openOutput(st *taskState) ([]*lineReader, error) {
+	var readers []*lineReader
+	for _, file := range []struct {
+		path   string
+		stream tasklauncher.Stream
+	}{
+		{st.StdoutPath, tasklauncher.Stdout},
+		{st.StderrPath, tasklauncher.Stderr},
+	} {
+		if file.path == "" {
+			continue
+		}
+		f, err := os.Open(file.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			if l.leaderExists(st) {
+				l.logger.Warn("output file of a running task is missing; watching without it",
+					"task_id", st.TaskID, "pid", st.PID, "stream", file.stream, "path", file.path)
+			}
+			continue
+		}
+		if err != nil {
+			for _, r := range readers {
+				r.close()
+			}
+			return nil, fmt.Errorf("open %s file: %w", file.stream, err)
+		}
+		readers = append(readers, newLineReader(f, file.stream))
+	}
+	return readers, nil
+}
+
+// foreignStatus returns the status function of follow for a runner that
+// this launcher did not start. The runner is done once its process has
+// exited and no process of its group runs, or outputDrainTimeout after the
+// exit.
+func (l *Launcher) foreignStatus(st *taskState) func() (bool, tasklauncher.TaskExit, <-chan struct{}) {
+	exit := tasklauncher.TaskExit{
+		Code:   -1,
+		Reason: fmt.Sprintf("exit code unknown: process %d was not started by this host process, so its exit status cannot be read", st.PID),
+	}
+	var exitSeen time.Time
+	done := false
+	return func() (bool, tasklauncher.TaskExit, <-chan struct{}) {
+		if done {
+			return true, exit, nil
+		}
+		if exitSeen.IsZero() {
+			if l.leaderLive(st) {
+				return false, exit, nil
+			}
+			exitSeen = time.Now()
+		}
+		switch {
+		case !l.groupLive(st):
+			done = true
+		case time.Since(exitSeen) >= outputDrainTimeout:
+			l.logger.Warn("task exited but a process it left behind in its process group still runs and may keep its output open; stopped following its output",
+				"task_id", st.TaskID, "runner_id", st.RunnerID, "pid", st.PID, "timeout", outputDrainTimeout)
+			done = true
+		}
+		return done, exit, nil
+	}
+}
+
+// follow sends the lines of readers to output until status reports the
+// runner done and the files are read to their end, and returns the exit
+// that status reports. status also returns a channel that is closed when
+// its result changes, or nil when only polling finds the change.
+func (l *Launcher) follow(ctx context.Context, readers []*lineReader, output func(tasklauncher.OutputLine), status func() (bool, tasklauncher.TaskExit, <-chan struct{})) (tasklauncher.TaskExit, error) {
+	ticker := time.NewTicker(outputPollInterval)
+	defer ticker.Stop()
 	for {
 		if err := ctx.Err(); err != nil {
 			return tasklauncher.TaskExit{}, err
 		}
+		// The status is taken before the files are read. Once it reports
+		// done, the runner wrote its last line before this read, so a read
+		// that finds no new line has reached the end of its output.
+		done, exit, changed := status()
 
-		c.mu.Lock()
-		var dropped int64
-		if first := c.out.first(); next < first {
-			dropped = first - next
-			next = first
+		sent := 0
+		for _, r := range readers {
+			for range watchBatchLines {
+				line, ok, err := r.next()
+				if err != nil {
+					return tasklauncher.TaskExit{}, err
+				}
+				if !ok {
+					break
+				}
+				output(tasklauncher.OutputLine{Stream: r.stream, Line: line})
+				sent++
+			}
 		}
-		batch = c.out.appendFrom(batch[:0], next, watchBatchLines)
-		next += int64(len(batch))
-		done := c.done && next == c.out.total
-		exit := c.exit
-		changed := c.changed
-		c.mu.Unlock()
-
-		if dropped > 0 {
-			l.logger.Warn("output lines were dropped from the task's buffer before they were watched",
-				"task_id", c.taskID, "runner_id", c.runnerID, "pid", c.key.pid, "dropped_lines", dropped, "max_output_lines", l.maxLines)
-		}
-		for _, line := range batch {
-			output(line)
-		}
-		if len(batch) > 0 {
+		if sent > 0 {
 			continue
 		}
 		if done {
+			for _, r := range readers {
+				if line, ok := r.rest(); ok {
+					output(tasklauncher.OutputLine{Stream: r.stream, Line: line})
+				}
+			}
 			return exit, nil
 		}
+
 		select {
 		case <-changed:
+		case <-ticker.C:
 		case <-ctx.Done():
 			return tasklauncher.TaskExit{}, ctx.Err()
 		case <-l.closing:
 			return tasklauncher.TaskExit{}, ErrClosed
 		}
 	}
-}
-
-// watchForeign waits until a runner that this launcher did not start exits.
-func (l *Launcher) watchForeign(ctx context.Context, st *taskState) (tasklauncher.TaskExit, error) {
-	if !l.leaderExists(st) {
-		return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s: no process with pid %d and start time %d: %w", st.TaskID, st.PID, st.StartTime, tasklauncher.ErrTaskNotFound)
-	}
-	ticker := time.NewTicker(foreignPollInterval)
-	defer ticker.Stop()
-	for l.leaderLive(st) {
-		select {
-		case <-ticker.C:
-		case <-ctx.Done():
-			return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s (pid %d): %w", st.TaskID, st.PID, ctx.Err())
-		case <-l.closing:
-			return tasklauncher.TaskExit{}, fmt.Errorf("watch task %s (pid %d): %w", st.TaskID, st.PID, ErrClosed)
-		}
-	}
-	return tasklauncher.TaskExit{
-		Code:   -1,
-		Reason: fmt.Sprintf("exit code unknown: process %d was not started by this host process, so its exit status cannot be read", st.PID),
-	}, nil
 }
