@@ -3,6 +3,7 @@ package ondemand
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 )
@@ -223,10 +224,31 @@ func (q *committer) run() {
 
 func (q *committer) write(batch []*change) {
 	m := q.m
+	// One transaction holds the whole batch, so only the last version of a
+	// job or task changed several times in it needs writing. Events are
+	// all written, in order.
+	jobs := make(map[string]*Job)
+	tasks := make(map[string]*Task)
+	for _, c := range batch {
+		maps.Copy(jobs, c.jobs)
+		maps.Copy(tasks, c.tasks)
+	}
 	err := m.store.Update(context.Background(), func(tx Tx) error {
-		for _, c := range batch {
-			if err := c.writeTo(tx); err != nil {
+		for _, j := range jobs {
+			if err := tx.PutJob(j); err != nil {
 				return err
+			}
+		}
+		for _, t := range tasks {
+			if err := tx.PutTask(t); err != nil {
+				return err
+			}
+		}
+		for _, c := range batch {
+			for _, ev := range c.events {
+				if err := tx.AppendEvent(ev); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -260,23 +282,4 @@ func (q *committer) write(batch []*change) {
 func (q *committer) close() {
 	close(q.stop)
 	<-q.stopped
-}
-
-func (c *change) writeTo(tx Tx) error {
-	for _, j := range c.jobs {
-		if err := tx.PutJob(j); err != nil {
-			return err
-		}
-	}
-	for _, t := range c.tasks {
-		if err := tx.PutTask(t); err != nil {
-			return err
-		}
-	}
-	for _, ev := range c.events {
-		if err := tx.AppendEvent(ev); err != nil {
-			return err
-		}
-	}
-	return nil
 }

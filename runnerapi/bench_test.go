@@ -27,15 +27,17 @@ import (
 	"github.com/odrkit/odrkit/tasklauncher"
 )
 
-// benchHost starts a Manager on a bbolt store with fsync on and serves the
-// runner API on loopback.
+// benchHost starts a Manager on a bbolt store with fsync on, unless cfg
+// names another store, and serves the runner API on loopback.
 func benchHost(b *testing.B, cfg ondemand.Config) (*ondemand.Manager, string) {
 	b.Helper()
 	store, err := boltstore.Open(filepath.Join(b.TempDir(), "bench.db"), boltstore.Options{})
 	require.NoError(b, err)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(b, err)
-	cfg.Store = store
+	if cfg.Store == nil {
+		cfg.Store = store
+	}
 	cfg.AdvertiseAddr = lis.Addr().String()
 	mgr, err := ondemand.New(context.Background(), cfg)
 	require.NoError(b, err)
@@ -106,31 +108,40 @@ func BenchmarkDispatch(b *testing.B) {
 // BenchmarkOnDemandEndToEnd measures on-demand jobs per second through the
 // whole chain: submit, start job, runner connects over gRPC, job, stop
 // job. The launcher runs each runner as a goroutine of this process, so the
-// figure is odrkit's own cost without a platform.
+// figure is odrkit's own cost without a platform. The store=memory case
+// shows what the durable store costs.
 func BenchmarkOnDemandEndToEnd(b *testing.B) {
-	registry := tasklauncher.NewRegistry(inProcessPlugin())
-	profiles, err := profile.NewSet(&profile.Profile{Name: "in-process", Plugin: "in-process", Default: true, Config: &struct{}{}})
-	require.NoError(b, err)
-	mgr, _ := benchHost(b, ondemand.Config{Launchers: registry, Profiles: profiles, LaunchConcurrency: 256})
-	ctx := context.Background()
+	for _, store := range []string{"bbolt", "memory"} {
+		b.Run("store="+store, func(b *testing.B) {
+			registry := tasklauncher.NewRegistry(inProcessPlugin())
+			profiles, err := profile.NewSet(&profile.Profile{Name: "in-process", Plugin: "in-process", Default: true, Config: &struct{}{}})
+			require.NoError(b, err)
+			cfg := ondemand.Config{Launchers: registry, Profiles: profiles, LaunchConcurrency: 256}
+			if store == "memory" {
+				cfg.Store = ondemand.NewMemoryStore()
+			}
+			mgr, _ := benchHost(b, cfg)
+			ctx := context.Background()
 
-	b.ResetTimer()
-	start := time.Now()
-	runInParallel(b.N, func(i int) {
-		job, err := mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Payload: []byte("hello")})
-		if err != nil {
-			panic(err)
-		}
-		done, err := mgr.Wait(ctx, job.ID)
-		if err != nil || done.State != ondemand.StateSuccess {
-			panic(fmt.Sprintf("job %s: %v %+v", job.ID, err, done.Error))
-		}
-		if _, err := mgr.WaitTask(ctx, job.TaskID); err != nil {
-			panic(err)
-		}
-	})
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "jobs/s")
+			b.ResetTimer()
+			start := time.Now()
+			runInParallel(b.N, func(i int) {
+				job, err := mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Payload: []byte("hello")})
+				if err != nil {
+					panic(err)
+				}
+				done, err := mgr.Wait(ctx, job.ID)
+				if err != nil || done.State != ondemand.StateSuccess {
+					panic(fmt.Sprintf("job %s: %v %+v", job.ID, err, done.Error))
+				}
+				if _, err := mgr.WaitTask(ctx, job.TaskID); err != nil {
+					panic(err)
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "jobs/s")
+		})
+	}
 }
 
 // benchWorkers is the number of goroutines runInParallel uses.

@@ -6,10 +6,17 @@
 // environment runs as the runner.
 //
 //	go run ./examples/quickstart
+//
+// With -docker each runner is a container instead, on the Docker engine
+// that DOCKER_HOST names. The program then builds a runner image from a
+// static build of itself and a static busybox for the jobs' shell.
+//
+//	go run ./examples/quickstart -docker
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,6 +35,7 @@ import (
 	"github.com/odrkit/odrkit/runnerapi"
 	"github.com/odrkit/odrkit/runnerapi/runner"
 	"github.com/odrkit/odrkit/tasklauncher"
+	"github.com/odrkit/odrkit/tasklauncher/docker"
 	"github.com/odrkit/odrkit/tasklauncher/exec"
 )
 
@@ -46,7 +54,9 @@ func main() {
 	if os.Getenv(runner.EnvRunnerID) != "" {
 		os.Exit(runRunner(ctx, logger))
 	}
-	os.Exit(runHost(ctx, logger, os.Stdout))
+	useDocker := flag.Bool("docker", false, "run each runner as a Docker container on the engine DOCKER_HOST names")
+	flag.Parse()
+	os.Exit(runHost(ctx, logger, os.Stdout, *useDocker))
 }
 
 // runRunner is the on-demand runner side of the program.
@@ -72,8 +82,8 @@ func runRunner(ctx context.Context, logger *slog.Logger) int {
 
 // runHost starts the host, runs the jobs and prints the summary. It
 // returns 0 when the outcome is the expected one.
-func runHost(ctx context.Context, logger *slog.Logger, stdout io.Writer) int {
-	summary, err := runJobs(ctx, logger, stdout)
+func runHost(ctx context.Context, logger *slog.Logger, stdout io.Writer, useDocker bool) int {
+	summary, err := runJobs(ctx, logger, stdout, useDocker)
 	if err != nil {
 		logger.Error("quickstart failed", "error", err)
 		return 1
@@ -88,23 +98,30 @@ func runHost(ctx context.Context, logger *slog.Logger, stdout io.Writer) int {
 
 type outcome struct{ jobs, succeeded, failed, launched, stopped int }
 
-func runJobs(ctx context.Context, logger *slog.Logger, stdout io.Writer) (outcome, error) {
+func runJobs(ctx context.Context, logger *slog.Logger, stdout io.Writer, useDocker bool) (outcome, error) {
 	var result outcome
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return result, fmt.Errorf("listen: %w", err)
-	}
-
-	registry := tasklauncher.NewRegistry(exec.Plugin())
-	profiles, err := profile.NewSet(&profile.Profile{
+	local := &profile.Profile{
 		Name:           "local",
-		Plugin:         "exec",
+		Plugin:         exec.PluginName,
 		Default:        true,
 		StartupTimeout: 30 * time.Second,
 		Config:         exec.Plugin().NewConfig(),
-	})
+	}
+	if useDocker {
+		var err error
+		if local, err = dockerProfile(ctx); err != nil {
+			return result, err
+		}
+	}
+	profiles, err := profile.NewSet(local)
 	if err != nil {
 		return result, err
+	}
+	registry := tasklauncher.NewRegistry(exec.Plugin(), docker.Plugin())
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return result, fmt.Errorf("listen: %w", err)
 	}
 	mgr, err := ondemand.New(ctx, ondemand.Config{
 		Launchers:     registry,

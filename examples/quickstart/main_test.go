@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 
 func TestQuickstartOutcome(t *testing.T) {
 	var out bytes.Buffer
-	code := runHost(t.Context(), slog.New(slog.DiscardHandler), &out)
+	code := runHost(t.Context(), slog.New(slog.DiscardHandler), &out, false)
 	require.Equal(t, 0, code, "output:\n%s", out.String())
 
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
