@@ -74,7 +74,7 @@ func TestMain(m *testing.M) {
 // requireEngine returns a client of the Docker Engine that DOCKER_HOST
 // names. Without a reachable engine it skips the test, or fails it when
 // ODRKIT_TEST_DOCKER=1.
-func requireEngine(t *testing.T) *client.Client {
+func requireEngine(t testing.TB) *client.Client {
 	t.Helper()
 	engine.once.Do(func() {
 		cli, err := client.New(client.FromEnv)
@@ -105,7 +105,7 @@ func requireEngine(t *testing.T) *client.Client {
 // testImage returns the reference of an image whose entrypoint is the
 // launchertest runner program. It builds the program statically and
 // imports it into the engine once per test binary.
-func testImage(t *testing.T) string {
+func testImage(t testing.TB) string {
 	t.Helper()
 	cli := requireEngine(t)
 	engine.imageOnce.Do(func() {
@@ -118,48 +118,54 @@ func testImage(t *testing.T) string {
 }
 
 func buildTestImage(cli *client.Client) (string, error) {
+	ref := testImageRepo + ":" + testRun
+	return ref, buildRunnerImage(cli, testRunnerPackage, ref)
+}
+
+// buildRunnerImage imports an image whose entrypoint /runner is a static
+// build of the Go package pkg.
+func buildRunnerImage(cli *client.Client, pkg, ref string) error {
 	dir, err := os.MkdirTemp("", "odrkit-docker-test-")
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer os.RemoveAll(dir)
 
 	binary := filepath.Join(dir, "runner")
-	build := exec.Command(goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", binary, testRunnerPackage)
+	build := exec.Command(goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", binary, pkg)
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s: %w\n%s", testRunnerPackage, err, out)
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 	}
 	content, err := os.ReadFile(binary)
 	if err != nil {
-		return "", err
+		return err
 	}
 
 	var archive bytes.Buffer
 	tw := tar.NewWriter(&archive)
 	if err := tw.WriteHeader(&tar.Header{Name: "runner", Mode: 0o755, Size: int64(len(content)), ModTime: time.Now()}); err != nil {
-		return "", err
+		return err
 	}
 	if _, err := tw.Write(content); err != nil {
-		return "", err
+		return err
 	}
 	if err := tw.Close(); err != nil {
-		return "", err
+		return err
 	}
 
-	ref := testImageRepo + ":" + testRun
 	ctx, cancel := context.WithTimeout(context.Background(), engineTimeout)
 	defer cancel()
 	res, err := cli.ImageImport(ctx, client.ImageImportSource{Source: &archive, SourceName: "-"}, ref,
 		client.ImageImportOptions{Changes: []string{`ENTRYPOINT ["/runner"]`}})
 	if err != nil {
-		return "", fmt.Errorf("import image %s: %w", ref, err)
+		return fmt.Errorf("import image %s: %w", ref, err)
 	}
 	defer res.Close()
 	if _, err := io.Copy(io.Discard, res); err != nil {
-		return "", fmt.Errorf("import image %s: %w", ref, err)
+		return fmt.Errorf("import image %s: %w", ref, err)
 	}
-	return ref, nil
+	return nil
 }
 
 func removeTestImage() error {
