@@ -85,7 +85,7 @@ type entry struct {
 	elem *list.Element
 	// assignment is the job's current assignment while WAITING or RUNNING.
 	assignment *Assignment
-	timers     map[timerKind]*time.Timer
+	timers     [timerKinds]*time.Timer
 	// tail keeps the last output lines, reported when a task exits before
 	// its runner connects.
 	tail []string
@@ -519,7 +519,9 @@ func (m *Manager) Close() error {
 	close(m.closing)
 	for _, e := range m.jobs {
 		for _, t := range e.timers {
-			t.Stop()
+			if t != nil {
+				t.Stop()
+			}
 		}
 	}
 	m.mu.Unlock()

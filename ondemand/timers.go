@@ -13,6 +13,7 @@ const (
 	timerMaxDuration
 	timerCancelGrace
 	timerStartup
+	timerKinds // the number of kinds
 )
 
 // setTimer arms a timer of the job, replacing one of the same kind. The
@@ -21,9 +22,6 @@ const (
 func (m *Manager) setTimer(e *entry, kind timerKind, d time.Duration, attempt int) {
 	if m.closed {
 		return
-	}
-	if e.timers == nil {
-		e.timers = make(map[timerKind]*time.Timer)
 	}
 	if t := e.timers[kind]; t != nil {
 		t.Stop()
@@ -35,14 +33,16 @@ func (m *Manager) setTimer(e *entry, kind timerKind, d time.Duration, attempt in
 func (m *Manager) stopTimer(e *entry, kind timerKind) {
 	if t := e.timers[kind]; t != nil {
 		t.Stop()
-		delete(e.timers, kind)
+		e.timers[kind] = nil
 	}
 }
 
 func (m *Manager) stopTimers(e *entry) {
 	for kind, t := range e.timers {
-		t.Stop()
-		delete(e.timers, kind)
+		if t != nil {
+			t.Stop()
+			e.timers[kind] = nil
+		}
 	}
 }
 
