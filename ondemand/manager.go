@@ -56,9 +56,9 @@ type Manager struct {
 	// storeErr is set when a store write failed; every later change is
 	// rejected with it.
 	storeErr error
-	jobs    map[string]*entry
-	tasks   map[string]*Task
-	byRunID map[string]string // runner ID -> task ID
+	jobs     map[string]*entry
+	tasks    map[string]*Task
+	byRunID  map[string]string // runner ID -> task ID
 	// dependents maps a job ID to the IDs of jobs that depend on it.
 	dependents map[string][]string
 	queue      dispatchQueue
@@ -105,17 +105,17 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{
-		cfg:        cfg,
-		logger:     cfg.Logger.With("component", "ondemand"),
-		store:      cfg.Store,
-		signer:     signer,
-		now:        time.Now,
-		embeddedID: "embedded-launcher@" + cfg.HostID,
-		closing:    make(chan struct{}),
-		jobs:       make(map[string]*entry),
-		tasks:      make(map[string]*Task),
-		byRunID:    make(map[string]string),
-		dependents: make(map[string][]string),
+		cfg:         cfg,
+		logger:      cfg.Logger.With("component", "ondemand"),
+		store:       cfg.Store,
+		signer:      signer,
+		now:         time.Now,
+		embeddedID:  "embedded-launcher@" + cfg.HostID,
+		closing:     make(chan struct{}),
+		jobs:        make(map[string]*entry),
+		tasks:       make(map[string]*Task),
+		byRunID:     make(map[string]string),
+		dependents:  make(map[string][]string),
 		queue:       newDispatchQueue(),
 		waiters:     newWaiterSet(),
 		activeTasks: make(map[string]int),

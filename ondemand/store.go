@@ -147,8 +147,8 @@ type MemoryStore struct {
 // NewMemoryStore returns an empty in-memory store.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{
-		jobs:   make(map[string]*Job),
-		tasks:  make(map[string]*Task),
+		jobs:        make(map[string]*Job),
+		tasks:       make(map[string]*Task),
 		events:      make(map[string][]Event),
 		revocations: make(map[string]Revocation),
 	}

@@ -1,15 +1,15 @@
 package runnerapi_test
 
 import (
-	"context"
 	"bytes"
-	"fmt"
-	"os"
-	"strings"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"

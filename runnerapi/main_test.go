@@ -25,8 +25,8 @@ const envTestMode = "ODRKIT_TEST_RUNNER_MODE"
 
 // Runner modes of the test binary.
 const (
-	modeRunner       = ""             // connect and run the job
-	modeExitEarly    = "exit-early"   // print a line and exit with code 7 without connecting
+	modeRunner       = ""              // connect and run the job
+	modeExitEarly    = "exit-early"    // print a line and exit with code 7 without connecting
 	modeNeverConnect = "never-connect" // sleep without connecting
 	modeNackOnce     = "nack-once"     // reject the job once, then sleep without reconnecting
 )

@@ -6,10 +6,12 @@
 // writing at once pay for one fsync per commit instead of one each.
 //
 // Records are stored as JSON in the buckets "jobs" and "tasks" (key: the
-// ID) and "events" (key: the job ID, a zero byte, and the sequence as
-// 8 bytes big-endian, so one job's events are adjacent and in order). The
-// bucket "event_last_seq" holds each job's last sequence, which makes the
-// gap check of AppendEvent one lookup.
+// ID) and "events". A job's first event gives it a number, kept in
+// "job_numbers"; its events are keyed by that number and the sequence, each
+// 8 bytes big-endian, so one job's events are adjacent and in order, and
+// the events of jobs created close together share pages whatever their IDs.
+// The bucket "event_last_seq" holds each job's last sequence by number,
+// which makes the gap check of AppendEvent one lookup.
 //
 // IDs must be valid UTF-8 and not empty; PutJob, PutTask and AppendEvent
 // reject others. In other string fields, JSON encoding replaces bytes that
@@ -46,7 +48,7 @@ const lockTimeout = time.Second
 
 // formatVersion is the layout of buckets and records this package
 // writes. Open rejects files with another version.
-const formatVersion = 1
+const formatVersion = 2
 
 // ErrClosed is returned by Update and View after Close.
 var ErrClosed = errors.New("bolt store is closed")
@@ -175,7 +177,7 @@ func openError(path string, err error) error {
 // initBuckets creates missing buckets and checks the format version.
 func initBuckets(db *bolt.DB) error {
 	return db.Update(func(btx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketJobs, bucketTasks, bucketEvents, bucketLastSeq, bucketRevoked} {
+		for _, name := range [][]byte{bucketMeta, bucketJobs, bucketTasks, bucketEvents, bucketLastSeq, bucketRevoked, bucketNumbers} {
 			if _, err := btx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

@@ -319,7 +319,7 @@ func TestOpenErrors(t *testing.T) {
 		{"not a bolt file", garbage, Options{},
 			[]string{garbage, "not a bolt database or is damaged"}},
 		{"newer format", newer, Options{},
-			[]string{newer, "format version 2", "reads version 1"}},
+			[]string{newer, fmt.Sprintf("format version %d", formatVersion+1), fmt.Sprintf("reads version %d", formatVersion)}},
 		{"negative batch size", filepath.Join(dir, "a.db"), Options{MaxBatchSize: -1},
 			[]string{"invalid MaxBatchSize -1", "positive number"}},
 		{"negative batch delay", filepath.Join(dir, "a.db"), Options{MaxBatchDelay: -time.Second},

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
@@ -19,6 +20,8 @@ var (
 	bucketEvents  = []byte("events")
 	bucketLastSeq = []byte("event_last_seq")
 	bucketRevoked = []byte("revocations")
+	// bucketNumbers maps a job ID to the number its events are keyed by.
+	bucketNumbers = []byte("job_numbers")
 
 	keyFormatVersion = []byte("format_version")
 )
@@ -104,20 +107,18 @@ func (t *tx) PutRevocation(r ondemand.Revocation) error {
 }
 
 func (t *tx) Events(jobID string, after int64, fn func(ondemand.Event) bool) error {
-	prefix := eventPrefix(jobID)
-	start := eventKey(jobID, max(after, 0)+1)
+	number := t.btx.Bucket(bucketNumbers).Get([]byte(jobID))
+	if number == nil {
+		return nil
+	}
+	start := binary.BigEndian.AppendUint64(slices.Clone(number), uint64(max(after, 0)+1))
 	return t.iterate(bucketEvents, start, func(k, v []byte) (bool, error) {
-		if !bytes.HasPrefix(k, prefix) {
+		if !bytes.HasPrefix(k, number) {
 			return false, nil
-		}
-		if len(k) != len(prefix)+8 {
-			// An event of another job whose ID is this one followed by a
-			// zero byte and more; keys of that job can sort among ours.
-			return true, nil
 		}
 		var e ondemand.Event
 		if err := json.Unmarshal(v, &e); err != nil {
-			return false, fmt.Errorf("decode event %d of job %q in %s: %w", binary.BigEndian.Uint64(k[len(prefix):]), jobID, t.path, err)
+			return false, fmt.Errorf("decode event %d of job %q in %s: %w", binary.BigEndian.Uint64(k[len(number):]), jobID, t.path, err)
 		}
 		return fn(e), nil
 	})
@@ -194,10 +195,13 @@ func (t *tx) AppendEvent(e ondemand.Event) error {
 	if err := checkID("append event", "Event.JobID", e.JobID); err != nil {
 		return err
 	}
+	number, err := t.jobNumber(e.JobID)
+	if err != nil {
+		return fmt.Errorf("append event to job %q: %w", e.JobID, err)
+	}
 	seqs := t.btx.Bucket(bucketLastSeq)
 	var last int64
-	if v := seqs.Get([]byte(e.JobID)); v != nil {
-		var err error
+	if v := seqs.Get(number); v != nil {
 		if last, err = decodeSeq(v); err != nil {
 			return fmt.Errorf("append event to job %q: read last sequence in %s: %w", e.JobID, t.path, err)
 		}
@@ -210,14 +214,36 @@ func (t *tx) AppendEvent(e ondemand.Event) error {
 	if err != nil {
 		return fmt.Errorf("append event %d to job %q: encode: %w", e.Seq, e.JobID, err)
 	}
-	if err := t.btx.Bucket(bucketEvents).Put(eventKey(e.JobID, e.Seq), v); err != nil {
+	key := binary.BigEndian.AppendUint64(slices.Clone(number), uint64(e.Seq))
+	if err := t.btx.Bucket(bucketEvents).Put(key, v); err != nil {
 		return fmt.Errorf("append event %d to job %q: %w", e.Seq, e.JobID, err)
 	}
-	if err := seqs.Put([]byte(e.JobID), encodeSeq(e.Seq)); err != nil {
+	if err := seqs.Put(number, encodeSeq(e.Seq)); err != nil {
 		return fmt.Errorf("append event %d to job %q: store last sequence: %w", e.Seq, e.JobID, err)
 	}
 	t.writes++
 	return nil
+}
+
+// jobNumber returns the 8-byte number that keys the job's events,
+// assigning the next one on the job's first event. Numbers follow the order
+// of first events, so the events of jobs created close together sit on
+// neighbouring pages, however their IDs sort, and a commit that appends to
+// many jobs rewrites few pages.
+func (t *tx) jobNumber(jobID string) ([]byte, error) {
+	numbers := t.btx.Bucket(bucketNumbers)
+	if n := numbers.Get([]byte(jobID)); n != nil {
+		return slices.Clone(n), nil
+	}
+	next, err := numbers.NextSequence()
+	if err != nil {
+		return nil, fmt.Errorf("assign an event key number in %s: %w", t.path, err)
+	}
+	n := binary.BigEndian.AppendUint64(nil, next)
+	if err := numbers.Put([]byte(jobID), n); err != nil {
+		return nil, fmt.Errorf("store the event key number in %s: %w", t.path, err)
+	}
+	return n, nil
 }
 
 // checkID rejects IDs that cannot be keys: bbolt keys must not be empty,
@@ -247,20 +273,6 @@ func (t *tx) decodeTask(id string, v []byte) (*ondemand.Task, error) {
 		return nil, fmt.Errorf("decode task %q in %s: %w", id, t.path, err)
 	}
 	return &task, nil
-}
-
-// eventPrefix returns the part of the event keys of a job before the
-// sequence.
-func eventPrefix(jobID string) []byte {
-	p := make([]byte, 0, len(jobID)+1+8)
-	p = append(p, jobID...)
-	return append(p, 0)
-}
-
-// eventKey returns the key of a job's event: the job ID, a zero byte and
-// the sequence as 8 bytes big-endian.
-func eventKey(jobID string, seq int64) []byte {
-	return binary.BigEndian.AppendUint64(eventPrefix(jobID), uint64(seq))
 }
 
 func encodeSeq(seq int64) []byte {
