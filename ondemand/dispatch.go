@@ -252,7 +252,7 @@ type Assignment struct {
 // stop the job and complete it.
 func (a *Assignment) CancelRequested() <-chan struct{} { return a.cancel }
 
-// Ended is closed when the Manager ended the assignment; Err then says why.
+// Ended is closed when the Manager ended the assignment; Err then returns the reason.
 func (a *Assignment) Ended() <-chan struct{} { return a.ended }
 
 // Err returns why the Manager ended the assignment, or nil while it lasts.
@@ -476,7 +476,7 @@ func (a *Assignment) Output(ctx context.Context, lines []OutputLine) error {
 	return err
 }
 
-// Heartbeat tells the Manager the runner is alive.
+// Heartbeat records that the runner is alive.
 func (a *Assignment) Heartbeat() error {
 	m := a.m
 	m.mu.Lock()
@@ -531,7 +531,7 @@ func (a *Assignment) complete(c *change, e *entry, result []byte, failure *JobEr
 	}
 }
 
-// Abandon tells the Manager the runner's connection to the job is gone. A
+// Abandon records that the runner's connection to the job is gone. A
 // job not yet acknowledged is queued again; a running job fails as runner
 // lost.
 func (a *Assignment) Abandon(cause error) {
@@ -563,7 +563,7 @@ func (a *Assignment) update(ctx context.Context, fn func(c *change) error) error
 	return err
 }
 
-// requestCancel tells the runner to cancel the job. Called with m.mu held.
+// requestCancel signals the runner to cancel the job. Called with m.mu held.
 func (a *Assignment) requestCancel(reason string) {
 	select {
 	case <-a.cancel:

@@ -22,7 +22,7 @@ const (
 	StateRunning State = "RUNNING"
 	// StateSuccess: the job completed without error.
 	StateSuccess State = "SUCCESS"
-	// StateError: the job failed; Job.Error says why.
+	// StateError: the job failed, and Job.Error holds the reason.
 	StateError State = "ERROR"
 	// StateCancelled: the job was cancelled.
 	StateCancelled State = "CANCELLED"
@@ -77,7 +77,7 @@ type Dependency struct {
 	AllowFailure bool `json:"allow_failure,omitempty"`
 }
 
-// Role says what part a job plays.
+// Role is the part a job plays: a host job or one of its task operations.
 type Role string
 
 // Job roles.
@@ -179,8 +179,8 @@ const (
 	ReasonJobFailed Reason = "job_failed"
 )
 
-// JobError is why a job ended in ERROR or CANCELLED. It implements error,
-// so callers can use errors.As to branch on Reason.
+// JobError is the reason a job ended in ERROR or CANCELLED. It implements
+// error, so callers can use errors.As to branch on Reason.
 type JobError struct {
 	Reason  Reason `json:"reason"`
 	Message string `json:"message"`

@@ -214,7 +214,7 @@ func newID(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// JobSpec is what a host submits.
+// JobSpec describes a job a host submits.
 type JobSpec struct {
 	// ID is the job's ID; Submit generates one when empty.
 	ID string
@@ -483,7 +483,7 @@ func (m *Manager) Watch(ctx context.Context, id string) iter.Seq2[Event, error] 
 }
 
 // Cancel cancels a job. A queued job is cancelled at once. A job on a
-// runner is asked to stop; if its runner has not ended it within
+// runner is asked to stop. If its runner has not ended it within
 // Config.CancelGrace, the Manager marks it cancelled without the runner.
 // Cancelling an on-demand job also cancels its start job when that has not
 // begun, and its task is stopped either way. Cancelling a terminal job

@@ -41,7 +41,7 @@ type Task struct {
 	StopJobID  string `json:"stop_job_id"`
 
 	State TaskState `json:"state"`
-	// LauncherState is what StartTask returned; StopTask takes it back.
+	// LauncherState is the opaque state StartTask returned, for StopTask.
 	LauncherState []byte `json:"launcher_state,omitempty"`
 	// StartupDeadline is when the job fails if its runner has not
 	// connected; zero until the start job is assigned.

@@ -59,7 +59,7 @@ func (m *Manager) startupTimeout(profileName string) time.Duration {
 	return m.cfg.StartupTimeout
 }
 
-// launchTarget is where the profile's start, watch and stop jobs run.
+// launchTarget returns the target of the profile's start, watch and stop jobs.
 func (m *Manager) launchTarget(p *profile.Profile) Target {
 	if p.TargetRunner == nil {
 		return Target{RunnerID: m.embeddedID}

@@ -17,7 +17,7 @@ import (
 // malformed, forged or expired. Its messages never contain the token.
 var ErrInvalidToken = errors.New("invalid runner token")
 
-// RunnerClaims is what a valid runner token asserts.
+// RunnerClaims are the facts a valid runner token asserts.
 type RunnerClaims struct {
 	// RunnerID is the only runner ID the token may be used for.
 	RunnerID string `json:"rid"`
