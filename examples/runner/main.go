@@ -1,6 +1,6 @@
 // Command runner is a standalone odrkit runner. It executes "shell" jobs
 // (the payload is a shell command) and, with -launch, the start, watch and
-// stop jobs of on-demand runners, using the exec launcher.
+// stop jobs of on-demand runners, using the exec and docker launchers.
 //
 // Settings come from the ODRKIT_* environment variables that a host sets
 // when it launches an on-demand runner; flags override them for a static
@@ -25,6 +25,7 @@ import (
 	"github.com/odrkit/odrkit/runnerapi"
 	"github.com/odrkit/odrkit/runnerapi/runner"
 	"github.com/odrkit/odrkit/tasklauncher"
+	"github.com/odrkit/odrkit/tasklauncher/docker"
 	"github.com/odrkit/odrkit/tasklauncher/exec"
 )
 
@@ -42,7 +43,7 @@ func run() error {
 		tokenFile   = flag.String("token-file", "", "file holding the runner token (default: the token in $"+runner.EnvRunnerToken+")")
 		labels      = flag.String("labels", "", "runner labels as key=value,key2=value2")
 		concurrency = flag.Int("concurrency", 0, "jobs a static runner runs at once (default 1, or 16 with -launch)")
-		launch      = flag.Bool("launch", false, "also execute start, watch and stop jobs with the exec launcher")
+		launch      = flag.Bool("launch", false, "also execute start, watch and stop jobs with the exec and docker launchers")
 		verbose     = flag.Bool("v", false, "log at debug level")
 	)
 	flag.Parse()
@@ -69,7 +70,7 @@ func run() error {
 	}
 	r.Handle(shelljob.Kind, shelljob.Handler)
 	if *launch {
-		executor := ondemand.NewLaunchExecutor(tasklauncher.NewRegistry(exec.Plugin()), logger)
+		executor := ondemand.NewLaunchExecutor(tasklauncher.NewRegistry(exec.Plugin(), docker.Plugin()), logger)
 		defer executor.Close()
 		runnerapi.HandleLaunchJobs(r, executor)
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/odrkit/odrkit/profile"
 	"github.com/odrkit/odrkit/runnerapi"
 	"github.com/odrkit/odrkit/tasklauncher"
+	"github.com/odrkit/odrkit/tasklauncher/docker"
 	"github.com/odrkit/odrkit/tasklauncher/exec"
 )
 
@@ -73,7 +74,7 @@ func run() int {
 	flag.BoolVar(&o.wait, "wait", false, "run no new job: wait until every stored job has ended and every task is stopped, print one line per job, and exit")
 	flag.StringVar(&o.crashAt, "crash-at", "", "for fault-injection tests: kill this process with SIGKILL when the job records this event (queued, launched, running, output, done)")
 	flag.Parse()
-	registry := tasklauncher.NewRegistry(exec.Plugin())
+	registry := tasklauncher.NewRegistry(exec.Plugin(), docker.Plugin())
 	if *check {
 		return runCheck(registry, flag.Args(), os.Stdout, os.Stderr)
 	}
