@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -184,6 +185,11 @@ func (m *Manager) launchInfo(c *change, t *Task, p *profile.Profile) (*tasklaunc
 	env := map[string]string{EnvServerAddr: m.cfg.AdvertiseAddr}
 	maps.Copy(env, m.cfg.RunnerEnv)
 	maps.Copy(env, p.Env)
+	if overrides := serverOverrides(p.Env); len(overrides) > 0 {
+		// Allowed, for hosts behind a proxy, but worth a trace: the
+		// runner then dials what the profile says. Values are not logged.
+		m.logger.Info("profile env overrides the runner's server settings", "profile", p.Name, "task", t.ID, "keys", overrides)
+	}
 	env[EnvRunnerID] = t.RunnerID
 	env[EnvRunnerToken] = token
 	env[EnvRunnerOnDemand] = "1"
@@ -203,6 +209,18 @@ func (m *Manager) launchInfo(c *change, t *Task, p *profile.Profile) (*tasklaunc
 			LabelHost:    m.cfg.HostID,
 		},
 	}, nil
+}
+
+// serverOverrides returns the ODRKIT_SERVER_* keys of a profile's env.
+func serverOverrides(env map[string]string) []string {
+	var keys []string
+	for k := range env {
+		if strings.HasPrefix(strings.ToUpper(k), "ODRKIT_SERVER_") {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // IssueRunnerToken returns a token for a static runner with this ID and

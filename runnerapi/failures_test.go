@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
@@ -342,4 +344,53 @@ func TestReconcileStopsOrphanedTasks(t *testing.T) {
 		return !processAlive(pid)
 	}, 30*time.Second, 10*time.Millisecond, "the orphaned runner %d was not stopped", pid)
 	require.Equal(t, 0, fresh.mgr.Reconcile(t.Context()), "a second reconcile found more orphans")
+}
+
+func TestRevokedStaticTokenGetsNothing(t *testing.T) {
+	h := startHost(t, hostOptions{})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Target: &ondemand.Target{RunnerID: "static-1"}})
+	require.NoError(t, err)
+	token, err := h.mgr.IssueRunnerToken("static-1", nil, time.Hour)
+	require.NoError(t, err)
+	require.NoError(t, h.mgr.RevokeRunnerTokens(ctx, "static-1"))
+
+	stream := openStream(t, ctx, h.addr, token, "static-1")
+	_, err = stream.Recv()
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
+	require.Contains(t, err.Error(), "revoked")
+	require.NotContains(t, err.Error(), token)
+	got, err := h.mgr.Get(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateQueued, got.State)
+	require.Zero(t, got.Attempt, "the job was assigned to a revoked token")
+}
+
+// TestTokenMintedAtLaunch delays the start job with a dependency for longer
+// than the runner token lives: the token is minted when the start job is
+// sent, so the runner still connects.
+func TestTokenMintedAtLaunch(t *testing.T) {
+	// Token lifetime: startup timeout (1s) plus the job's max duration (1s).
+	h := startHost(t, hostOptions{startupTimeout: time.Second})
+	ctx := waitCtx(t)
+	blocker, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Target: &ondemand.Target{RunnerID: "gate"}})
+	require.NoError(t, err)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{
+		Kind:        kindLines,
+		Payload:     []byte("ran"),
+		MaxDuration: time.Second,
+		DependsOn:   []ondemand.Dependency{{JobID: blocker.ID}},
+	})
+	require.NoError(t, err)
+
+	time.Sleep(3 * time.Second)
+	gate, err := h.mgr.NextAssignment(ctx, ondemand.RunnerSession{RunnerID: "gate"})
+	require.NoError(t, err)
+	require.NoError(t, gate.Ack(ctx))
+	require.NoError(t, gate.Complete(ctx, nil, nil))
+
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateSuccess, done.State, "error: %+v", done.Error)
+	require.Equal(t, ondemand.TaskStopped, h.waitTask(t, job).State)
 }
