@@ -55,8 +55,12 @@ type Config struct {
 	RunnerEnv map[string]string
 
 	// HostID identifies this host on the tasks it launches (label
-	// odrkit.host), so that hosts sharing a platform find their own tasks.
-	// Default: the machine's host name.
+	// odrkit.host). Reconciliation stops every resource labelled with it
+	// that no task of this host owns, so two hosts that share a platform
+	// need distinct IDs, and a host keeps its ID across restarts to find
+	// its own leftovers. Default: the machine's host name with a durable
+	// Store, and the host name plus a random suffix with the default
+	// memory store, whose tasks no later process takes over.
 	HostID string
 
 	// DefaultImage is the runner image used when a profile sets no
@@ -121,11 +125,17 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Store == nil {
-		c.Store = NewMemoryStore()
-	}
 	if c.HostID == "" {
 		c.HostID, _ = os.Hostname()
+		if c.Store == nil {
+			// A memory store dies with the process, so no later process
+			// takes over its tasks, and another host on this machine must
+			// not mistake them for its own orphans.
+			c.HostID += "/" + newID("")
+		}
+	}
+	if c.Store == nil {
+		c.Store = NewMemoryStore()
 	}
 	if c.StartupTimeout == 0 {
 		c.StartupTimeout = DefaultStartupTimeout

@@ -66,7 +66,7 @@ func run() int {
 	flag.StringVar(&o.advertise, "advertise", "", "address on-demand runners dial (default: the listen address)")
 	flag.StringVar(&o.data, "data", "odrkit-data", "directory of the durable job store and the token signing key")
 	flag.BoolVar(&o.memory, "memory", false, "keep jobs in memory only, instead of in -data")
-	flag.StringVar(&o.hostID, "host-id", "", "identity of this host on the tasks it launches (default: the host name)")
+	flag.StringVar(&o.hostID, "host-id", "", "identity of this host on the tasks it launches; keep it across restarts and make it differ between hosts that share a machine or platform (default: the host name)")
 	flag.StringVar(&o.profileName, "profile", "", "profile of the job (default: the default profile)")
 	flag.StringVar(&o.staticRunner, "static-runner", "", "issue a token for a static runner with this ID and write it to -token-file")
 	flag.StringVar(&o.tokenFile, "token-file", "runner.token", "file the static runner token is written to")
