@@ -99,6 +99,10 @@ func (m *Manager) Reconcile(ctx context.Context) int {
 			continue
 		}
 		found, err := lister.ListTasks(ctx, map[string]string{LabelHost: m.cfg.HostID, LabelProfile: p.Name})
+		if ctx.Err() != nil {
+			// The Manager is closing; the next start reconciles again.
+			return stopped
+		}
 		if err != nil {
 			m.logger.Error("reconcile: list tasks", "profile", p.Name, "error", err)
 			continue
@@ -109,6 +113,9 @@ func (m *Manager) Reconcile(ctx context.Context) int {
 				continue
 			}
 			if err := l.StopTask(ctx, info.State); err != nil {
+				if ctx.Err() != nil {
+					return stopped
+				}
 				m.logger.Error("reconcile: stop orphaned task", "profile", p.Name, "task", taskID, "error", err)
 				continue
 			}

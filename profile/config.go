@@ -83,7 +83,9 @@ func (l *loader) decodeConfig(pluginName string, configBlock, profileBlock *hcl.
 		return config
 	}
 	if err := v.Validate(); err != nil {
-		detail := fmt.Sprintf("The %q plugin rejected this config: %s", pluginName, sentence(err.Error()))
+		// The plugin's message follows a colon, so its first word (often a
+		// key name such as stop_grace) keeps its case.
+		detail := fmt.Sprintf("The %q plugin rejected this config: %s", pluginName, endSentence(err.Error()))
 		if readsSecret {
 			// Scrubbing catches an error that quotes a secret, but not
 			// one that prints it converted, such as a number.

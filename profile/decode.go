@@ -142,8 +142,12 @@ func sentence(msg string) string {
 	}
 	r := []rune(msg)
 	r[0] = unicode.ToUpper(r[0])
-	msg = string(r)
-	if !strings.HasSuffix(msg, ".") {
+	return endSentence(string(r))
+}
+
+// endSentence ends msg with a period.
+func endSentence(msg string) string {
+	if msg != "" && !strings.HasSuffix(msg, ".") {
 		msg += "."
 	}
 	return msg

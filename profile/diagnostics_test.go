@@ -150,7 +150,7 @@ func TestParseDiagnostics(t *testing.T) {
   }
 }`,
 			summary: "Invalid plugin config",
-			detail:  []string{`The "fake" plugin rejected this config`, "Memory 100000 is more than 65536: lower it."},
+			detail:  []string{`The "fake" plugin rejected this config`, "memory 100000 is more than 65536: lower it."},
 		},
 		{
 			name: "config block twice",

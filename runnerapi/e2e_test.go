@@ -70,6 +70,7 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 	execConfig := exec.Plugin().NewConfig().(*exec.Config)
 	execConfig.Command = opts.command
 	execConfig.StopGrace = "2s"
+	execConfig.OutputDir = t.TempDir()
 	if opts.startupTimeout == 0 {
 		opts.startupTimeout = time.Minute
 	}

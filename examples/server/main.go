@@ -80,7 +80,13 @@ func run() int {
 	}
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if err := serve(logger, registry, o, flag.Args()); err != nil {
+	err := serve(logger, registry, o, flag.Args())
+	var jobErr *ondemand.JobError
+	switch {
+	case errors.As(err, &jobErr):
+		fmt.Fprintln(os.Stderr, "job failed:", err)
+		return 1
+	case err != nil:
 		logger.Error("server failed", "error", err)
 		return 1
 	}

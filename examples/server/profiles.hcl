@@ -1,5 +1,5 @@
 # Runner profiles for examples/server. Run from the repository root:
-#   go run ./examples/server -- echo hello
+#   go run ./examples/server -- 'echo hello'
 runner_profile "local" {
   plugin          = "exec"
   default         = true

@@ -129,7 +129,7 @@ func parseStopGrace(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("stop_grace: invalid duration %q: %w; use a Go duration such as \"5s\" or \"1m30s\"", s, err)
+		return 0, fmt.Errorf("stop_grace: %q is not a duration; use a Go duration such as \"5s\" or \"1m30s\"", s)
 	}
 	if d < 0 {
 		return 0, fmt.Errorf("stop_grace: %q is negative; use a duration of 0s or more", s)

@@ -621,7 +621,7 @@ func TestPluginRejectsOtherConfigType(t *testing.T) {
 	require.Nil(t, launcher)
 
 	launcher, err = Plugin().New(&Config{StopGrace: "soon"}, tasklauncher.Options{})
-	require.ErrorContains(t, err, `stop_grace: invalid duration "soon"`)
+	require.ErrorContains(t, err, `stop_grace: "soon" is not a duration`)
 	require.Nil(t, launcher)
 }
 
@@ -686,8 +686,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "zero grace", cfg: Config{StopGrace: "0s"}},
 		{name: "full", cfg: Config{Command: "/usr/bin/runner", Args: []string{"run"}, Dir: "/tmp", Env: map[string]string{"A": "1"}, StopGrace: "1m30s", OutputDir: "/var/log/odrkit", MaxOutputLines: 50}},
 		{name: "relative output dir", cfg: Config{OutputDir: "logs/runners"}},
-		{name: "bad grace", cfg: Config{StopGrace: "five seconds"}, want: `stop_grace: invalid duration "five seconds"`},
-		{name: "grace without unit", cfg: Config{StopGrace: "5"}, want: `stop_grace: invalid duration "5"`},
+		{name: "bad grace", cfg: Config{StopGrace: "five seconds"}, want: `stop_grace: "five seconds" is not a duration`},
+		{name: "grace without unit", cfg: Config{StopGrace: "5"}, want: `stop_grace: "5" is not a duration`},
 		{name: "negative grace", cfg: Config{StopGrace: "-1s"}, want: `stop_grace: "-1s" is negative`},
 		{name: "negative max lines", cfg: Config{MaxOutputLines: -1}, want: "max_output_lines: -1 is negative"},
 		{name: "empty env name", cfg: Config{Env: map[string]string{"": "x"}}, want: "env: a variable name is empty"},
