@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,13 +149,17 @@ func BenchmarkOnDemandEndToEnd(b *testing.B) {
 const benchWorkers = 64
 
 // runInParallel calls fn(i) for i in [0, n) from benchWorkers goroutines.
+// Each goroutine takes the next index from a shared counter, so the jobs in
+// flight at any moment are neighbours in submission order, as when runners
+// arrive in the order they were launched.
 func runInParallel(n int, fn func(i int)) {
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for w := range benchWorkers {
+	for range benchWorkers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < n; i += benchWorkers {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
 				fn(i)
 			}
 		}()

@@ -121,3 +121,26 @@ func sortedCopy(s []string) []string {
 	sort.Strings(s)
 	return s
 }
+
+// NewPlugin builds a Plugin from a constructor of the plugin's config struct
+// (with its defaults set) and a constructor of its launcher, so that a
+// plugin needs no type assertions of its own. New rejects a config of
+// another type with an error that names both types.
+func NewPlugin[C any, L Launcher](name string, newConfig func() *C, newLauncher func(*C, Options) (L, error)) Plugin {
+	return Plugin{
+		Name:      name,
+		NewConfig: func() any { return newConfig() },
+		New: func(config any, opts Options) (Launcher, error) {
+			cfg, ok := config.(*C)
+			if !ok {
+				return nil, fmt.Errorf("%s launcher: config has type %T; pass the %T returned by the plugin's NewConfig", name, config, cfg)
+			}
+			l, err := newLauncher(cfg, opts)
+			if err != nil {
+				// An untyped nil lets callers compare the Launcher with nil.
+				return nil, err
+			}
+			return l, nil
+		},
+	}
+}

@@ -145,21 +145,5 @@ func newConfig() *Config {
 // NewConfig returns a *Config with the defaults set, and its New accepts
 // that *Config.
 func Plugin() tasklauncher.Plugin {
-	return tasklauncher.Plugin{
-		Name:      PluginName,
-		NewConfig: func() any { return newConfig() },
-		New: func(config any, opts tasklauncher.Options) (tasklauncher.Launcher, error) {
-			cfg, ok := config.(*Config)
-			if !ok {
-				return nil, fmt.Errorf("exec launcher: config has type %T; pass the *exec.Config returned by the plugin's NewConfig", config)
-			}
-			l, err := New(cfg, opts)
-			if err != nil {
-				// Return an untyped nil so that callers can compare the
-				// Launcher with nil.
-				return nil, err
-			}
-			return l, nil
-		},
-	}
+	return tasklauncher.NewPlugin(PluginName, newConfig, New)
 }
