@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"strings"
@@ -52,6 +53,16 @@ type hostOptions struct {
 	addr string
 	// configure changes the Manager config after the defaults above.
 	configure func(*ondemand.Config)
+	// serverOptions are added to runnerapi.ServerOptions, for example TLS
+	// credentials.
+	serverOptions []grpc.ServerOption
+	// profileEnv is added to the profile's env.
+	profileEnv map[string]string
+	// plugin replaces the exec plugin; its config must be *exec.Config.
+	plugin *tasklauncher.Plugin
+	// logs receives the host's log records at debug level; nil sends
+	// them to the test log at info level.
+	logs io.Writer
 }
 
 func startHost(t *testing.T, opts hostOptions) *testHost {
@@ -63,8 +74,11 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 	require.NoError(t, err)
 
 	plugin := exec.Plugin()
-	if opts.faults != nil {
+	switch {
+	case opts.faults != nil:
 		plugin = opts.faults.plugin()
+	case opts.plugin != nil:
+		plugin = *opts.plugin
 	}
 	registry := tasklauncher.NewRegistry(plugin)
 	execConfig := exec.Plugin().NewConfig().(*exec.Config)
@@ -74,11 +88,13 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 	if opts.startupTimeout == 0 {
 		opts.startupTimeout = time.Minute
 	}
+	env := map[string]string{envTestMode: opts.mode}
+	maps.Copy(env, opts.profileEnv)
 	profiles, err := profile.NewSet(&profile.Profile{
 		Name:           "local",
 		Plugin:         plugin.Name,
 		Default:        true,
-		Env:            map[string]string{envTestMode: opts.mode},
+		Env:            env,
 		StartupTimeout: opts.startupTimeout,
 		TargetRunner:   opts.targetRunner,
 		LaunchRetries:  opts.launchRetries,
@@ -88,6 +104,9 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 	require.NoError(t, err)
 
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if opts.logs != nil {
+		logger = slog.New(slog.NewTextHandler(opts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	cfg := ondemand.Config{
 		Launchers:        registry,
 		Profiles:         profiles,
@@ -103,7 +122,7 @@ func startHost(t *testing.T, opts hostOptions) *testHost {
 	mgr, err := ondemand.New(t.Context(), cfg)
 	require.NoError(t, err)
 
-	srv := grpc.NewServer(runnerapi.ServerOptions()...)
+	srv := grpc.NewServer(append(runnerapi.ServerOptions(), opts.serverOptions...)...)
 	runnerapi.NewServer(mgr, runnerapi.Config{Logger: logger}).Register(srv)
 	served := make(chan struct{})
 	go func() {

@@ -485,7 +485,7 @@ func TestJobStreamRejectsMessagesBeforeAssignment(t *testing.T) {
 
 func TestJobStreamAuthFailures(t *testing.T) {
 	var logs syncBuffer
-	h := startSecureHost(t, secureHostOptions{logs: &logs})
+	h := startHost(t, hostOptions{logs: &logs})
 	job, runnerID, token := heldJob(t, h)
 	otherToken, err := h.mgr.IssueRunnerToken(runnerID+"-other", nil, time.Minute)
 	require.NoError(t, err)

@@ -67,11 +67,11 @@ func TestSecretsNeverLeave(t *testing.T) {
 	recorder := &tokenRecorder{}
 	plugin := recorder.plugin()
 	var hostLogs, launcherLogs syncBuffer
-	h := startSecureHost(t, secureHostOptions{
-		hostOptions: hostOptions{targetRunner: &profile.TargetRunner{Labels: labels}},
-		profileEnv:  map[string]string{"ACME_API_KEY": apiKey},
-		plugin:      &plugin,
-		logs:        &hostLogs,
+	h := startHost(t, hostOptions{
+		targetRunner: &profile.TargetRunner{Labels: labels},
+		profileEnv:   map[string]string{"ACME_API_KEY": apiKey},
+		plugin:       &plugin,
+		logs:         &hostLogs,
 	})
 
 	// A static runner executes the launch jobs, with its own logger for

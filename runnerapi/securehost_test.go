@@ -8,9 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
-	"log/slog"
-	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -20,101 +17,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-
-	"github.com/odrkit/odrkit/ondemand"
-	"github.com/odrkit/odrkit/profile"
-	"github.com/odrkit/odrkit/runnerapi"
-	"github.com/odrkit/odrkit/tasklauncher"
-	"github.com/odrkit/odrkit/tasklauncher/exec"
 )
-
-// secureHostOptions configures startSecureHost: a test host like
-// startHost, with server options such as TLS credentials, extra profile
-// env, its own launcher plugin and a log destination.
-type secureHostOptions struct {
-	hostOptions
-	// serverOptions are added to runnerapi.ServerOptions.
-	serverOptions []grpc.ServerOption
-	// profileEnv is added to the profile's env.
-	profileEnv map[string]string
-	// plugin replaces the exec plugin; its config must be *exec.Config.
-	plugin *tasklauncher.Plugin
-	// logs receives the host's log records at debug level; nil sends
-	// them to the test log at info level.
-	logs io.Writer
-}
-
-// startSecureHost starts a Manager and serves the runner API on a loopback
-// port until the test ends.
-func startSecureHost(t *testing.T, opts secureHostOptions) *testHost {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-
-	plugin := exec.Plugin()
-	if opts.plugin != nil {
-		plugin = *opts.plugin
-	}
-	registry := tasklauncher.NewRegistry(plugin)
-	execConfig := exec.Plugin().NewConfig().(*exec.Config)
-	execConfig.Command = opts.command
-	execConfig.StopGrace = "2s"
-	if opts.startupTimeout == 0 {
-		opts.startupTimeout = time.Minute
-	}
-	env := map[string]string{envTestMode: opts.mode}
-	maps.Copy(env, opts.profileEnv)
-	profiles, err := profile.NewSet(&profile.Profile{
-		Name:           "local",
-		Plugin:         plugin.Name,
-		Default:        true,
-		Env:            env,
-		StartupTimeout: opts.startupTimeout,
-		TargetRunner:   opts.targetRunner,
-		Config:         execConfig,
-	})
-	require.NoError(t, err)
-
-	var logger *slog.Logger
-	if opts.logs != nil {
-		logger = slog.New(slog.NewTextHandler(opts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	} else {
-		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	cfg := ondemand.Config{
-		Launchers:        registry,
-		Profiles:         profiles,
-		AdvertiseAddr:    lis.Addr().String(),
-		HeartbeatTimeout: 5 * time.Second,
-		HostID:           "test-host-" + t.Name(),
-		RetryBackoff:     10 * time.Millisecond,
-		Logger:           logger,
-	}
-	if opts.configure != nil {
-		opts.configure(&cfg)
-	}
-	mgr, err := ondemand.New(t.Context(), cfg)
-	require.NoError(t, err)
-
-	srv := grpc.NewServer(append(runnerapi.ServerOptions(), opts.serverOptions...)...)
-	runnerapi.NewServer(mgr, runnerapi.Config{Logger: logger}).Register(srv)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			srv.Stop()
-			<-served
-			require.NoError(t, mgr.Close())
-		})
-	}
-	t.Cleanup(stop)
-	return &testHost{mgr: mgr, addr: lis.Addr().String(), registry: registry, stop: stop}
-}
 
 // testCA is a certificate authority that issues certificates for tests.
 type testCA struct {

@@ -70,8 +70,8 @@ func TestOnDemandJobOverTLS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := startSecureHost(t, secureHostOptions{
-				hostOptions:   hostOptions{configure: withRunnerEnv(tt.runnerEnv)},
+			h := startHost(t, hostOptions{
+				configure:     withRunnerEnv(tt.runnerEnv),
 				serverOptions: []grpc.ServerOption{s.serverOption(t, tt.clientCAFile)},
 			})
 			ctx := waitCtx(t)
@@ -130,9 +130,10 @@ func TestRunnerRejectedOverTLS(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			const startupTimeout = 2 * time.Second
-			h := startSecureHost(t, secureHostOptions{
-				hostOptions:   hostOptions{startupTimeout: startupTimeout, configure: withRunnerEnv(tt.runnerEnv)},
-				serverOptions: []grpc.ServerOption{s.serverOption(t, tt.clientCAFile)},
+			h := startHost(t, hostOptions{
+				startupTimeout: startupTimeout,
+				configure:      withRunnerEnv(tt.runnerEnv),
+				serverOptions:  []grpc.ServerOption{s.serverOption(t, tt.clientCAFile)},
 			})
 			ctx := waitCtx(t)
 			started := time.Now()
