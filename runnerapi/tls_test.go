@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 
+	"github.com/odrkit/odrkit/internal/testpki"
 	"github.com/odrkit/odrkit/ondemand"
 	"github.com/odrkit/odrkit/runnerapi"
 	"github.com/odrkit/odrkit/runnerapi/runner"
@@ -18,17 +19,17 @@ import (
 // tlsSetup is a CA with a server certificate for 127.0.0.1 and a client
 // certificate, all in PEM files.
 type tlsSetup struct {
-	ca                    *testCA
+	ca                    *testpki.CA
 	serverCert, serverKey string
 	clientCert, clientKey string
 }
 
 func newTLSSetup(t *testing.T) *tlsSetup {
 	t.Helper()
-	ca := newTestCA(t, "odrkit test CA")
+	ca := testpki.NewCA(t, "odrkit test CA")
 	s := &tlsSetup{ca: ca}
-	s.serverCert, s.serverKey = ca.issue(t, "host", x509.ExtKeyUsageServerAuth)
-	s.clientCert, s.clientKey = ca.issue(t, "runner", x509.ExtKeyUsageClientAuth)
+	_, s.serverCert, s.serverKey = ca.Issue(t, "host", x509.ExtKeyUsageServerAuth)
+	_, s.clientCert, s.clientKey = ca.Issue(t, "runner", x509.ExtKeyUsageClientAuth)
 	return s
 }
 
@@ -55,14 +56,14 @@ func TestOnDemandJobOverTLS(t *testing.T) {
 	}{
 		{
 			name:      "CA file",
-			runnerEnv: map[string]string{runner.EnvServerTLS: "1", runner.EnvServerCAFile: s.ca.file},
+			runnerEnv: map[string]string{runner.EnvServerTLS: "1", runner.EnvServerCAFile: s.ca.File},
 		},
 		{
 			name:         "mutual TLS",
-			clientCAFile: s.ca.file,
+			clientCAFile: s.ca.File,
 			runnerEnv: map[string]string{
 				runner.EnvServerTLS:      "1",
-				runner.EnvServerCAFile:   s.ca.file,
+				runner.EnvServerCAFile:   s.ca.File,
 				runner.EnvClientCertFile: s.clientCert,
 				runner.EnvClientKeyFile:  s.clientKey,
 			},
@@ -96,8 +97,8 @@ func TestOnDemandJobOverTLS(t *testing.T) {
 
 func TestRunnerRejectedOverTLS(t *testing.T) {
 	s := newTLSSetup(t)
-	otherCA := newTestCA(t, "other CA")
-	strangerCert, strangerKey := otherCA.issue(t, "stranger", x509.ExtKeyUsageClientAuth)
+	otherCA := testpki.NewCA(t, "other CA")
+	_, strangerCert, strangerKey := otherCA.Issue(t, "stranger", x509.ExtKeyUsageClientAuth)
 	tests := []struct {
 		name         string
 		clientCAFile string
@@ -105,19 +106,19 @@ func TestRunnerRejectedOverTLS(t *testing.T) {
 	}{
 		{
 			name:      "runner trusts another CA",
-			runnerEnv: map[string]string{runner.EnvServerTLS: "1", runner.EnvServerCAFile: otherCA.file},
+			runnerEnv: map[string]string{runner.EnvServerTLS: "1", runner.EnvServerCAFile: otherCA.File},
 		},
 		{
 			name:         "runner without client certificate",
-			clientCAFile: s.ca.file,
-			runnerEnv:    map[string]string{runner.EnvServerTLS: "1", runner.EnvServerCAFile: s.ca.file},
+			clientCAFile: s.ca.File,
+			runnerEnv:    map[string]string{runner.EnvServerTLS: "1", runner.EnvServerCAFile: s.ca.File},
 		},
 		{
 			name:         "client certificate of another CA",
-			clientCAFile: s.ca.file,
+			clientCAFile: s.ca.File,
 			runnerEnv: map[string]string{
 				runner.EnvServerTLS:      "1",
-				runner.EnvServerCAFile:   s.ca.file,
+				runner.EnvServerCAFile:   s.ca.File,
 				runner.EnvClientCertFile: strangerCert,
 				runner.EnvClientKeyFile:  strangerKey,
 			},

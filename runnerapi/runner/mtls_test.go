@@ -1,14 +1,8 @@
 package runner
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,73 +14,16 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/odrkit/odrkit/internal/testpki"
 	"github.com/odrkit/odrkit/runnerapi/runnerpb"
 )
 
-// testCA is a certificate authority that issues certificates for tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	// file is the path of a PEM file with the CA certificate.
-	file string
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	template := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "odrkit test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	file := filepath.Join(t.TempDir(), "ca.pem")
-	require.NoError(t, os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	return &testCA{cert: cert, key: key, file: file}
-}
-
-// issue returns a certificate signed by the CA and the paths of PEM files
-// with the certificate and its key. A server certificate is for 127.0.0.1.
-func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (tls.Certificate, string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	template := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	if usage == x509.ExtKeyUsageServerAuth {
-		template.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, template, ca.cert, &key.PublicKey, ca.key)
-	require.NoError(t, err)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	require.NoError(t, err)
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
-	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, certFile, keyFile
-}
-
 // serveMutualTLSHost serves h over TLS with cert and requires client
 // certificates signed by clientCA. It returns the host's address.
-func serveMutualTLSHost(t *testing.T, h *scriptedHost, cert tls.Certificate, clientCA *testCA) string {
+func serveMutualTLSHost(t *testing.T, h *scriptedHost, cert tls.Certificate, clientCA *testpki.CA) string {
 	t.Helper()
 	pool := x509.NewCertPool()
-	pool.AddCert(clientCA.cert)
+	pool.AddCert(clientCA.Cert)
 	creds := credentials.NewTLS(&tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
@@ -110,11 +47,11 @@ func serveMutualTLSHost(t *testing.T, h *scriptedHost, cert tls.Certificate, cli
 }
 
 func TestRunnerMutualTLS(t *testing.T) {
-	ca := newTestCA(t)
-	serverCert, _, _ := ca.issue(t, "host", x509.ExtKeyUsageServerAuth)
-	_, clientCertFile, clientKeyFile := ca.issue(t, "runner", x509.ExtKeyUsageClientAuth)
-	otherCA := newTestCA(t)
-	_, otherCertFile, otherKeyFile := otherCA.issue(t, "stranger", x509.ExtKeyUsageClientAuth)
+	ca := testpki.NewCA(t, "odrkit test CA")
+	serverCert, _, _ := ca.Issue(t, "host", x509.ExtKeyUsageServerAuth)
+	_, clientCertFile, clientKeyFile := ca.Issue(t, "runner", x509.ExtKeyUsageClientAuth)
+	otherCA := testpki.NewCA(t, "odrkit test CA")
+	_, otherCertFile, otherKeyFile := otherCA.Issue(t, "stranger", x509.ExtKeyUsageClientAuth)
 
 	tests := []struct {
 		name             string
@@ -135,7 +72,7 @@ func TestRunnerMutualTLS(t *testing.T) {
 			var logs syncBuffer
 			cfg := testConfig(addr, &logs)
 			cfg.TLS = true
-			cfg.CAFile = ca.file
+			cfg.CAFile = ca.File
 			cfg.ClientCertFile = tt.certFile
 			cfg.ClientKeyFile = tt.keyFile
 			cfg.ConnectTimeout = 500 * time.Millisecond
@@ -157,9 +94,9 @@ func TestRunnerMutualTLS(t *testing.T) {
 }
 
 func TestNewRejectsBadClientCertificate(t *testing.T) {
-	ca := newTestCA(t)
-	_, certFile, _ := ca.issue(t, "runner", x509.ExtKeyUsageClientAuth)
-	_, _, otherKeyFile := ca.issue(t, "other", x509.ExtKeyUsageClientAuth)
+	ca := testpki.NewCA(t, "odrkit test CA")
+	_, certFile, _ := ca.Issue(t, "runner", x509.ExtKeyUsageClientAuth)
+	_, _, otherKeyFile := ca.Issue(t, "other", x509.ExtKeyUsageClientAuth)
 	cfg := Config{ServerAddr: "127.0.0.1:9090", RunnerID: "runner-1", Token: testToken, TLS: true}
 
 	cfg.ClientCertFile, cfg.ClientKeyFile = certFile, otherKeyFile

@@ -1,10 +1,12 @@
-package runnerapi_test
+// Package testpki makes certificate authorities and certificates for tests
+// of the TLS paths between hosts and runners. Only tests import it.
+package testpki
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -12,22 +14,24 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 )
 
-// testCA is a certificate authority that issues certificates for tests.
-type testCA struct {
-	cert *x509.Certificate
+// CA is a certificate authority that issues certificates valid for one
+// hour around now.
+type CA struct {
+	// Cert is the CA certificate.
+	Cert *x509.Certificate
+	// File is the path of a PEM file with Cert, for use as a CA file.
+	File string
 	key  *ecdsa.PrivateKey
-	// file is the path of a PEM file with the CA certificate.
-	file string
 }
 
-func newTestCA(t *testing.T, name string) *testCA {
+// NewCA returns a new self-signed CA with the given common name.
+func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -46,12 +50,13 @@ func newTestCA(t *testing.T, name string) *testCA {
 	require.NoError(t, err)
 	file := filepath.Join(t.TempDir(), "ca.pem")
 	require.NoError(t, os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	return &testCA{cert: cert, key: key, file: file}
+	return &CA{Cert: cert, File: file, key: key}
 }
 
-// issue writes a certificate signed by the CA and its key to PEM files and
-// returns their paths. A server certificate is valid for 127.0.0.1.
-func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
+// Issue returns a certificate signed by the CA, and the paths of PEM files
+// with the certificate and its key. A server certificate is valid for
+// 127.0.0.1.
+func (ca *CA) Issue(t testing.TB, name string, usage x509.ExtKeyUsage) (cert tls.Certificate, certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -68,7 +73,7 @@ func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (cert
 	if usage == x509.ExtKeyUsageServerAuth {
 		template.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, template, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, template, ca.Cert, &key.PublicKey, ca.key)
 	require.NoError(t, err)
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	require.NoError(t, err)
@@ -76,23 +81,5 @@ func (ca *testCA) issue(t *testing.T, name string, usage x509.ExtKeyUsage) (cert
 	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
 	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600))
-	return certFile, keyFile
-}
-
-// syncBuffer is a bytes.Buffer that is safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, certFile, keyFile
 }
