@@ -37,7 +37,8 @@ type Task struct {
 	// JobID is the host's job the runner was launched for.
 	JobID      string `json:"job_id"`
 	StartJobID string `json:"start_job_id"`
-	WatchJobID string `json:"watch_job_id"`
+	// WatchJobID is empty when the profile's launcher cannot watch tasks.
+	WatchJobID string `json:"watch_job_id,omitempty"`
 	StopJobID  string `json:"stop_job_id"`
 
 	State TaskState `json:"state"`

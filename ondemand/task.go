@@ -68,6 +68,26 @@ func (m *Manager) launchTarget(p *profile.Profile) Target {
 	return Target{RunnerID: p.TargetRunner.ID, Labels: maps.Clone(p.TargetRunner.Labels)}
 }
 
+// canWatch reports whether the profile's tasks get a watch job: always for
+// a profile launched by a static runner, whose launcher the host cannot
+// inspect, and for the embedded launcher runner only when the plugin
+// implements tasklauncher.Watcher.
+func (m *Manager) canWatch(p *profile.Profile) bool {
+	if p.TargetRunner != nil || m.launchExec == nil {
+		return true
+	}
+	config, err := json.Marshal(p.Config)
+	if err != nil {
+		return true
+	}
+	l, err := m.launchExec.launcher(p.Plugin, config)
+	if err != nil {
+		return true
+	}
+	_, ok := l.(tasklauncher.Watcher)
+	return ok
+}
+
 // addTask stages an on-demand job with the start, watch and stop jobs of
 // the task that launches its runner.
 func (m *Manager) addTask(c *change, spec JobSpec, p *profile.Profile) *Job {
@@ -80,7 +100,9 @@ func (m *Manager) addTask(c *change, spec JobSpec, p *profile.Profile) *Job {
 		CreatedAt: c.now,
 	}
 	t.StartJobID = t.ID + "-start"
-	t.WatchJobID = t.ID + "-watch"
+	if m.canWatch(p) {
+		t.WatchJobID = t.ID + "-watch"
+	}
 	t.StopJobID = t.ID + "-stop"
 	c.tasks[t.ID] = t
 	launchTarget := m.launchTarget(p)
@@ -99,9 +121,11 @@ func (m *Manager) addTask(c *change, spec JobSpec, p *profile.Profile) *Job {
 		MaxDuration: spec.MaxDuration, Profile: p.Name, TaskID: t.ID,
 	}, fmt.Sprintf("held for on-demand runner %s (profile %s)", t.RunnerID, p.Name))
 
-	watch := common(t.WatchJobID, KindWatchTask, RoleWatch)
-	watch.DependsOn = []Dependency{{JobID: start.ID}}
-	c.addJob(watch, "watches the task of runner "+t.RunnerID)
+	if t.WatchJobID != "" {
+		watch := common(t.WatchJobID, KindWatchTask, RoleWatch)
+		watch.DependsOn = []Dependency{{JobID: start.ID}}
+		c.addJob(watch, "watches the task of runner "+t.RunnerID)
+	}
 
 	stop := common(t.StopJobID, KindStopTask, RoleStop)
 	stop.DependsOn = []Dependency{{JobID: start.ID, AllowFailure: true}, {JobID: job.ID, AllowFailure: true}}

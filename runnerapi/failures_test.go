@@ -394,3 +394,21 @@ func TestTokenMintedAtLaunch(t *testing.T) {
 	require.Equal(t, ondemand.StateSuccess, done.State, "error: %+v", done.Error)
 	require.Equal(t, ondemand.TaskStopped, h.waitTask(t, job).State)
 }
+
+func TestLauncherWithoutWatchGetsNoWatchJob(t *testing.T) {
+	plugin := inProcessPlugin()
+	h := startHost(t, hostOptions{plugin: &plugin})
+	ctx := waitCtx(t)
+	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines, Payload: []byte("no watch")})
+	require.NoError(t, err)
+	done, err := h.mgr.Wait(ctx, job.ID)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateSuccess, done.State)
+
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	require.Empty(t, task.WatchJobID)
+	for _, j := range h.mgr.ListJobs(ctx, ondemand.RoleWatch) {
+		require.NotEqual(t, task.ID, j.TaskID, "a watch job was queued for a launcher that cannot watch")
+	}
+}
