@@ -562,7 +562,13 @@ func (m *Manager) apply(c *change) {
 	for id, t := range c.tasks {
 		if old := m.tasks[id]; old != nil && old.active() {
 			m.activeTasks[t.Profile]--
-			freed = freed || !t.active()
+			// Only a profile with a limit can have start jobs waiting
+			// for room.
+			if !t.active() {
+				if p, err := m.profile(t.Profile); err == nil && p.MaxConcurrent > 0 {
+					freed = true
+				}
+			}
 		}
 		if t.active() {
 			m.activeTasks[t.Profile]++
