@@ -177,13 +177,13 @@ func serveHost(t *testing.T, h *scriptedHost) string {
 	return serveHostAt(t, h, "127.0.0.1:0")
 }
 
-// serveHostAt serves h on addr until the test ends and returns the address
-// it listens on.
-func serveHostAt(t *testing.T, h *scriptedHost, addr string) string {
+// serveHostAt serves h on addr, with the given server options such as TLS
+// credentials, until the test ends and returns the address it listens on.
+func serveHostAt(t *testing.T, h *scriptedHost, addr string, opts ...grpc.ServerOption) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", addr)
 	require.NoError(t, err)
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	runnerpb.RegisterRunnerServiceServer(srv, h)
 	served := make(chan struct{})
 	go func() {

@@ -3,7 +3,6 @@ package runner
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/odrkit/odrkit/internal/testpki"
-	"github.com/odrkit/odrkit/runnerapi/runnerpb"
 )
 
 // serveMutualTLSHost serves h over TLS with cert and requires client
@@ -30,20 +28,7 @@ func serveMutualTLSHost(t *testing.T, h *scriptedHost, cert tls.Certificate, cli
 		ClientCAs:    pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 	})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := grpc.NewServer(grpc.Creds(creds))
-	runnerpb.RegisterRunnerServiceServer(srv, h)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return lis.Addr().String()
+	return serveHostAt(t, h, "127.0.0.1:0", grpc.Creds(creds))
 }
 
 func TestRunnerMutualTLS(t *testing.T) {
@@ -111,7 +96,7 @@ func TestNewRejectsBadClientCertificate(t *testing.T) {
 
 func TestSkipVerifyWarnsAtEachHandshake(t *testing.T) {
 	const warning = "TLS certificate verification is disabled"
-	cert, _ := selfSignedCert(t)
+	cert, _ := hostCertificate(t)
 	host := newScriptedHost()
 	addr := serveTLSHost(t, host, cert)
 	var logs syncBuffer

@@ -1,74 +1,35 @@
 package runner
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/odrkit/odrkit/internal/testpki"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-
-	"github.com/odrkit/odrkit/runnerapi/runnerpb"
 )
 
-// selfSignedCert returns a certificate for 127.0.0.1 and the path of a PEM
-// file that contains it, for use as CAFile.
-func selfSignedCert(t *testing.T) (tls.Certificate, string) {
+// hostCertificate returns a certificate for 127.0.0.1 and the path of a PEM
+// file with the CA that signed it, for use as CAFile.
+func hostCertificate(t *testing.T) (tls.Certificate, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	template := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "odrkit test host"},
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
-	require.NoError(t, err)
-
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, caFile
+	ca := testpki.NewCA(t, "odrkit test CA")
+	cert, _, _ := ca.Issue(t, "odrkit test host", x509.ExtKeyUsageServerAuth)
+	return cert, ca.File
 }
 
 // serveTLSHost serves h over TLS with cert until the test ends and returns
 // its address.
 func serveTLSHost(t *testing.T, h *scriptedHost, cert tls.Certificate) string {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := grpc.NewServer(grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
-	runnerpb.RegisterRunnerServiceServer(srv, h)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-served
-	})
-	return lis.Addr().String()
+	return serveHostAt(t, h, "127.0.0.1:0", grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
 }
 
 func TestRunnerOverTLS(t *testing.T) {
-	cert, caFile := selfSignedCert(t)
+	cert, caFile := hostCertificate(t)
 
 	tests := []struct {
 		name        string
@@ -106,8 +67,8 @@ func TestRunnerOverTLS(t *testing.T) {
 }
 
 func TestRunnerRejectsUntrustedServer(t *testing.T) {
-	cert, _ := selfSignedCert(t)
-	_, otherCAFile := selfSignedCert(t)
+	cert, _ := hostCertificate(t)
+	_, otherCAFile := hostCertificate(t)
 	host := newScriptedHost()
 	addr := serveTLSHost(t, host, cert)
 	var logs syncBuffer
