@@ -6,13 +6,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/odrkit/odrkit/internal/benchutil"
 	"github.com/odrkit/odrkit/ondemand"
 	"github.com/odrkit/odrkit/ondemand/boltstore"
 )
@@ -102,20 +101,6 @@ func benchmarkQueuePass(b *testing.B, n int, byRunnerID bool) {
 }
 
 // runInParallel calls fn(i) for i in [0, n) from benchWorkers goroutines.
-// Each goroutine takes the next index from a shared counter, so the jobs in
-// flight at any moment are neighbours in submission order, as when runners
-// arrive in the order they were launched.
 func runInParallel(n int, fn func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range benchWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				fn(i)
-			}
-		}()
-	}
-	wg.Wait()
+	benchutil.RunInParallel(n, benchWorkers, fn)
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/odrkit/odrkit/internal/benchutil"
 	"github.com/odrkit/odrkit/ondemand"
 	"github.com/odrkit/odrkit/ondemand/boltstore"
 	"github.com/odrkit/odrkit/profile"
@@ -149,22 +149,8 @@ func BenchmarkOnDemandEndToEnd(b *testing.B) {
 const benchWorkers = 64
 
 // runInParallel calls fn(i) for i in [0, n) from benchWorkers goroutines.
-// Each goroutine takes the next index from a shared counter, so the jobs in
-// flight at any moment are neighbours in submission order, as when runners
-// arrive in the order they were launched.
 func runInParallel(n int, fn func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range benchWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				fn(i)
-			}
-		}()
-	}
-	wg.Wait()
+	benchutil.RunInParallel(n, benchWorkers, fn)
 }
 
 // inProcessLauncher is a benchmark launcher that runs each runner as a
