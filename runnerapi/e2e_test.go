@@ -163,6 +163,28 @@ func (h *testHost) waitTask(t *testing.T, job *ondemand.Job) *ondemand.Task {
 	return task
 }
 
+// requireStopped waits until the job's task is stopped and checks that its
+// runner process is gone.
+func (h *testHost) requireStopped(t *testing.T, job *ondemand.Job) *ondemand.Task {
+	t.Helper()
+	task := h.waitTask(t, job)
+	require.Equal(t, ondemand.TaskStopped, task.State)
+	requireProcessGone(t, task.LauncherState)
+	return task
+}
+
+// waitFailed waits until the job is terminal and checks that it failed
+// with the given reason.
+func (h *testHost) waitFailed(t *testing.T, id string, reason ondemand.Reason) *ondemand.Job {
+	t.Helper()
+	done, err := h.mgr.Wait(waitCtx(t), id)
+	require.NoError(t, err)
+	require.Equal(t, ondemand.StateError, done.State)
+	require.NotNil(t, done.Error)
+	require.Equal(t, reason, done.Error.Reason)
+	return done
+}
+
 // waitTaskStarted polls until StartTask has returned for the job's task.
 func (h *testHost) waitTaskStarted(t *testing.T, job *ondemand.Job) *ondemand.Task {
 	t.Helper()
@@ -321,10 +343,7 @@ func TestStartTaskFailureFailsJob(t *testing.T) {
 	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
 	require.NoError(t, err)
 
-	done, err := h.mgr.Wait(ctx, job.ID)
-	require.NoError(t, err)
-	require.Equal(t, ondemand.StateError, done.State)
-	require.Equal(t, ondemand.ReasonLaunchFailed, done.Error.Reason)
+	done := h.waitFailed(t, job.ID, ondemand.ReasonLaunchFailed)
 	require.Contains(t, done.Error.Message, "launch failed")
 	require.Contains(t, done.Error.Message, "/nonexistent/odrkit-runner")
 
@@ -343,10 +362,7 @@ func TestRunnerExitingBeforeConnectFailsJob(t *testing.T) {
 	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
 	require.NoError(t, err)
 
-	done, err := h.mgr.Wait(ctx, job.ID)
-	require.NoError(t, err)
-	require.Equal(t, ondemand.StateError, done.State)
-	require.Equal(t, ondemand.ReasonExitedBeforeConnect, done.Error.Reason)
+	done := h.waitFailed(t, job.ID, ondemand.ReasonExitedBeforeConnect)
 	require.NotNil(t, done.Error.ExitCode)
 	require.Equal(t, 7, *done.Error.ExitCode)
 	require.Contains(t, done.Error.Message, "configuration missing")
@@ -359,15 +375,10 @@ func TestRunnerNeverConnectingTimesOut(t *testing.T) {
 	job, err := h.mgr.Submit(ctx, ondemand.JobSpec{Kind: kindLines})
 	require.NoError(t, err)
 
-	done, err := h.mgr.Wait(ctx, job.ID)
-	require.NoError(t, err)
-	require.Equal(t, ondemand.StateError, done.State)
-	require.Equal(t, ondemand.ReasonStartupTimeout, done.Error.Reason)
+	done := h.waitFailed(t, job.ID, ondemand.ReasonStartupTimeout)
 	require.Contains(t, done.Error.Message, "1s")
 
-	task := h.waitTask(t, job)
-	require.Equal(t, ondemand.TaskStopped, task.State)
-	requireProcessGone(t, task.LauncherState)
+	h.requireStopped(t, job)
 }
 
 func TestCancelHeldJobStopsTask(t *testing.T) {
@@ -384,9 +395,7 @@ func TestCancelHeldJobStopsTask(t *testing.T) {
 	require.Equal(t, ondemand.StateCancelled, done.State)
 	require.Equal(t, ondemand.ReasonCancelled, done.Error.Reason)
 
-	task := h.waitTask(t, job)
-	require.Equal(t, ondemand.TaskStopped, task.State)
-	requireProcessGone(t, task.LauncherState)
+	h.requireStopped(t, job)
 }
 
 func TestCancelRunningJob(t *testing.T) {

@@ -77,10 +77,7 @@ func TestRunnerKilledMidJob(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(runnerPID(t, task.LauncherState), syscall.SIGKILL))
 
-	done, err := h.mgr.Wait(waitCtx(t), job.ID)
-	require.NoError(t, err)
-	require.Equal(t, ondemand.StateError, done.State)
-	require.Equal(t, ondemand.ReasonRunnerLost, done.Error.Reason)
+	h.waitFailed(t, job.ID, ondemand.ReasonRunnerLost)
 	require.Equal(t, ondemand.TaskStopped, h.waitTask(t, job).State)
 }
 
@@ -256,13 +253,8 @@ func TestMaxDurationEndsJob(t *testing.T) {
 	h := startHost(t, hostOptions{})
 	job, err := h.mgr.Submit(waitCtx(t), ondemand.JobSpec{Kind: kindBlock, MaxDuration: 300 * time.Millisecond})
 	require.NoError(t, err)
-	done, err := h.mgr.Wait(waitCtx(t), job.ID)
-	require.NoError(t, err)
-	require.Equal(t, ondemand.StateError, done.State)
-	require.Equal(t, ondemand.ReasonDeadlineExceeded, done.Error.Reason)
-	task := h.waitTask(t, job)
-	require.Equal(t, ondemand.TaskStopped, task.State)
-	requireProcessGone(t, task.LauncherState)
+	h.waitFailed(t, job.ID, ondemand.ReasonDeadlineExceeded)
+	h.requireStopped(t, job)
 }
 
 func TestFailedDependencyFailsOnDemandJob(t *testing.T) {
@@ -274,10 +266,7 @@ func TestFailedDependencyFailsOnDemandJob(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, h.mgr.Cancel(ctx, first.ID))
 
-	done, err := h.mgr.Wait(ctx, job.ID)
-	require.NoError(t, err)
-	require.Equal(t, ondemand.StateError, done.State)
-	require.Equal(t, ondemand.ReasonDependencyFailed, done.Error.Reason)
+	done := h.waitFailed(t, job.ID, ondemand.ReasonDependencyFailed)
 	require.Contains(t, done.Error.Message, first.ID)
 	task := h.waitTask(t, job)
 	require.Equal(t, ondemand.TaskStopped, task.State)
