@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -63,6 +64,11 @@ type Manager struct {
 	dependents map[string][]string
 	queue      dispatchQueue
 	waiters    waiterSet
+	// profileConfigs holds each profile's plugin config encoded as JSON
+	// once, as start, watch and stop jobs carry it.
+	profileConfigs map[string]json.RawMessage
+	// watchable caches, per profile, whether its tasks get a watch job.
+	watchable map[string]bool
 	// revoked maps a runner ID to the time its tokens were revoked.
 	revoked map[string]time.Time
 	// queuedCount counts jobs in state QUEUED.
@@ -120,12 +126,16 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		waiters:     newWaiterSet(),
 		activeTasks: make(map[string]int),
 		revoked:     make(map[string]time.Time),
+		watchable:   make(map[string]bool),
 	}
 	if m.metrics, err = newMetrics(cfg.MeterProvider, m); err != nil {
 		return nil, fmt.Errorf("ondemand: create metrics: %w", err)
 	}
 	if cfg.Launchers != nil {
 		m.launchExec = NewLaunchExecutor(cfg.Launchers, cfg.Logger)
+	}
+	if m.profileConfigs, err = encodeProfileConfigs(cfg.Profiles); err != nil {
+		return nil, fmt.Errorf("ondemand: invalid config: %w", err)
 	}
 	m.committer = newCommitter(m)
 	if err := m.load(ctx); err != nil {

@@ -2,7 +2,6 @@ package ondemand
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -84,12 +83,7 @@ func (m *Manager) Reconcile(ctx context.Context) int {
 		if p.TargetRunner != nil {
 			continue
 		}
-		config, err := json.Marshal(p.Config)
-		if err != nil {
-			m.logger.Error("reconcile: encode profile config", "profile", p.Name, "error", err)
-			continue
-		}
-		l, err := m.launchExec.launcher(p.Plugin, config)
+		l, err := m.launchExec.launcher(p.Plugin, m.profileConfigs[p.Name])
 		if err != nil {
 			m.logger.Error("reconcile: create launcher", "profile", p.Name, "error", err)
 			continue

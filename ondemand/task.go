@@ -68,23 +68,41 @@ func (m *Manager) launchTarget(p *profile.Profile) Target {
 	return Target{RunnerID: p.TargetRunner.ID, Labels: maps.Clone(p.TargetRunner.Labels)}
 }
 
+// encodeProfileConfigs encodes each profile's plugin config as JSON, the
+// form launch jobs carry it in.
+func encodeProfileConfigs(profiles *profile.Set) (map[string]json.RawMessage, error) {
+	configs := make(map[string]json.RawMessage)
+	if profiles == nil {
+		return configs, nil
+	}
+	for _, p := range profiles.All() {
+		config, err := json.Marshal(p.Config)
+		if err != nil {
+			return nil, fmt.Errorf("profile %q: plugin config cannot be encoded as JSON for launcher runners: %w", p.Name, err)
+		}
+		configs[p.Name] = config
+	}
+	return configs, nil
+}
+
 // canWatch reports whether the profile's tasks get a watch job: always for
 // a profile launched by a static runner, whose launcher the host cannot
 // inspect, and for the embedded launcher runner only when the plugin
-// implements tasklauncher.Watcher.
+// implements tasklauncher.Watcher. Called with m.mu held.
 func (m *Manager) canWatch(p *profile.Profile) bool {
 	if p.TargetRunner != nil || m.launchExec == nil {
 		return true
 	}
-	config, err := json.Marshal(p.Config)
-	if err != nil {
-		return true
+	if known, ok := m.watchable[p.Name]; ok {
+		return known
 	}
-	l, err := m.launchExec.launcher(p.Plugin, config)
+	l, err := m.launchExec.launcher(p.Plugin, m.profileConfigs[p.Name])
 	if err != nil {
+		// Not cached: the next job tries to create the launcher again.
 		return true
 	}
 	_, ok := l.(tasklauncher.Watcher)
+	m.watchable[p.Name] = ok
 	return ok
 }
 
@@ -156,11 +174,7 @@ func (m *Manager) assignmentPayload(c *change, j *Job) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("profile of task %s: %w", t.ID, err)
 	}
-	config, err := json.Marshal(p.Config)
-	if err != nil {
-		return nil, fmt.Errorf("encode config of profile %s: %w", p.Name, err)
-	}
-	lp := launchPayload{Plugin: p.Plugin, Config: config, RetryBackoff: m.cfg.RetryBackoff}
+	lp := launchPayload{Plugin: p.Plugin, Config: m.profileConfigs[p.Name], RetryBackoff: m.cfg.RetryBackoff}
 	switch j.Role {
 	case RoleStart:
 		info, err := m.launchInfo(c, t, p)
