@@ -31,7 +31,7 @@
 // host) takes the start job and calls the profile's Launcher.StartTask,
 // which creates a process, container or pod with the runner ID and a token
 // bound to it in its environment. The runner dials the host, presents the
-// token, and receives its job at once: nobody else can take it. The runner
+// token, and receives its job at once. No other runner can take it. The runner
 // streams output while it works and reports the result. The stop job then
 // calls Launcher.StopTask, so the platform resource is reclaimed whether
 // the job succeeded, failed, was cancelled or its runner never came.

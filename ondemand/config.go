@@ -88,8 +88,9 @@ type Config struct {
 	// heartbeat or output from its runner before it fails as runner lost.
 	HeartbeatTimeout time.Duration
 
-	// HeartbeatInterval is how often runners are told to send heartbeats.
-	// Default: a third of HeartbeatTimeout.
+	// HeartbeatInterval is the interval between a runner's heartbeats,
+	// sent to the runner with each assignment. Default: a third of
+	// HeartbeatTimeout.
 	HeartbeatInterval time.Duration
 
 	// CancelGrace is how long a runner has to end a cancelled job before

@@ -10,7 +10,7 @@ import (
 )
 
 // ErrRunnerSpent is returned by NextAssignment when an on-demand runner
-// asks for work after it has taken its job.
+// requests work after it has taken its job.
 var ErrRunnerSpent = errors.New("on-demand runner has already taken its job")
 
 // ErrUnknownRunner is returned by NextAssignment when an on-demand runner
@@ -22,7 +22,7 @@ var ErrUnknownRunner = errors.New("no task launched this on-demand runner")
 // queued again.
 var ErrAssignmentEnded = errors.New("assignment ended")
 
-// RunnerSession describes an authenticated runner that asks for a job.
+// RunnerSession describes an authenticated runner that requests a job.
 type RunnerSession struct {
 	RunnerID string
 	Labels   map[string]string

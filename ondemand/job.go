@@ -117,8 +117,8 @@ type Job struct {
 	State State `json:"state"`
 	// RunnerID is the runner the job was last assigned to.
 	RunnerID string `json:"runner_id,omitempty"`
-	// Attempt counts assignments; it is how stale runner messages and
-	// timers are told apart from current ones.
+	// Attempt counts assignments. Runner messages and timers carry the
+	// attempt they belong to, so stale ones are ignored.
 	Attempt int `json:"attempt"`
 	// CancelRequested is set by Cancel while the runner winds the job down.
 	CancelRequested bool `json:"cancel_requested,omitempty"`

@@ -31,7 +31,7 @@ type launchPayload struct {
 	Config json.RawMessage          `json:"config"`
 	Info   *tasklauncher.LaunchInfo `json:"info,omitempty"`
 	State  []byte                   `json:"state,omitempty"`
-	// Adopt asks a start job that runs again to take over the resource an
+	// Adopt makes a start job that runs again take over the resource an
 	// earlier attempt of the same task created, if one exists, instead of
 	// creating a second one.
 	Adopt bool `json:"adopt,omitempty"`

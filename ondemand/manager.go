@@ -446,7 +446,7 @@ func (m *Manager) Watch(ctx context.Context, id string) iter.Seq2[Event, error] 
 				yield(Event{}, notFound("job", id))
 				return
 			}
-			// Only stored events are visible, so a watcher never sees an
+			// Only stored events are visible, so a watcher never receives an
 			// event that a crash could take back.
 			last, durable, terminal, changed := e.lastSeq, e.durableSeq, e.job.State.Terminal(), e.changed
 			storeErr := m.storeErr

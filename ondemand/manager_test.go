@@ -47,7 +47,7 @@ func submit(t *testing.T, mgr *ondemand.Manager, spec ondemand.JobSpec) *ondeman
 	return job
 }
 
-// nextWithin asks for a job for the session and returns nil when none
+// nextWithin requests a job for the session and returns nil when none
 // arrives within d.
 func nextWithin(t *testing.T, mgr *ondemand.Manager, s ondemand.RunnerSession, d time.Duration) *ondemand.Assignment {
 	t.Helper()

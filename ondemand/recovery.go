@@ -71,9 +71,9 @@ func (m *Manager) runReconciler(ctx context.Context) {
 
 // Reconcile stops the platform resources that this host launched (label
 // odrkit.host) and that no unfinished task owns: what a crash left behind.
-// It asks the launcher of every profile that launches from the embedded
-// launcher runner and can list tasks, and returns the number of resources
-// it stopped. Errors are logged; the next run tries again.
+// It queries the launcher of every profile that launches from the embedded
+// launcher runner and can list tasks. It returns the number of resources it
+// stopped. Errors are logged; the next run tries again.
 func (m *Manager) Reconcile(ctx context.Context) int {
 	if m.cfg.Profiles == nil || m.launchExec == nil {
 		return 0

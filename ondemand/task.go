@@ -224,8 +224,8 @@ func (m *Manager) launchInfo(c *change, t *Task, p *profile.Profile) (*tasklaunc
 	maps.Copy(env, m.cfg.RunnerEnv)
 	maps.Copy(env, p.Env)
 	if overrides := serverOverrides(p.Env); len(overrides) > 0 {
-		// Allowed, for hosts behind a proxy, but worth a trace: the
-		// runner then dials what the profile says. Values are not logged.
+		// Allowed, for hosts behind a proxy, but logged, because the runner
+		// then dials the address the profile sets. Values are not logged.
 		m.logger.Info("profile env overrides the runner's server settings", "profile", p.Name, "task", t.ID, "keys", overrides)
 	}
 	env[EnvRunnerID] = t.RunnerID

@@ -98,9 +98,9 @@ func (c *change) then(fn func()) { c.after = append(c.after, fn) }
 // transaction, so concurrent changes share a commit.
 //
 // Memory runs ahead of the store until wait returns. When a store write
-// fails, the Manager refuses every later change with ErrStoreFailed,
-// because its memory no longer matches the store; the host restarts it to
-// recover from the store.
+// fails, the Manager rejects every later change with ErrStoreFailed,
+// because its memory no longer matches the store. The host then restarts
+// it, which reloads the store.
 func (c *change) commit() error {
 	m := c.m
 	if m.storeErr != nil {

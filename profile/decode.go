@@ -296,8 +296,8 @@ func (d *attrDecoder) duration(attr *hcl.Attribute) {
 	}
 }
 
-// count decodes a whole number that is 0 or more; meaning says what the
-// number sets, for the diagnostics.
+// count decodes a whole number that is 0 or more. meaning describes what
+// the number sets, for the diagnostics.
 func (d *attrDecoder) count(attr *hcl.Attribute, name, meaning string) (int, bool) {
 	val, secret, ok := d.eval(attr.Expr, cty.Number, name, "a whole number, "+meaning)
 	if !ok {

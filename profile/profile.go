@@ -278,7 +278,7 @@ func suggestName(name string) string {
 // ODRKIT_RUNNER_TOKEN. A profile's env must not set them, in any letter
 // case, so that a profile cannot change which runner a launched runner
 // claims to be. Variables such as ODRKIT_SERVER_ADDR and ODRKIT_SERVER_TLS,
-// which say how to reach the host, may be set.
+// which set how to reach the host, may be set.
 const ReservedEnvPrefix = "ODRKIT_RUNNER_"
 
 // checkEnvName returns an error with the fix when an env key does not

@@ -74,7 +74,7 @@ const (
 	kindLines = "lines" // writes each payload line as an output line
 	kindFail  = "fail"  // fails with the exit code in the payload
 	kindBlock = "block" // waits until cancelled
-	// kindSecondStream asks for a second job while the first runs.
+	// kindSecondStream requests a second job while the first runs.
 	kindSecondStream = "second-stream"
 )
 
@@ -145,7 +145,7 @@ func nackOnce() int {
 }
 
 // secondStream opens a second job stream while the runner's job runs and
-// reports the status the host answered with.
+// reports the status code the host returned.
 func secondStream(ctx context.Context, job *runner.Job, out *runner.Output) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

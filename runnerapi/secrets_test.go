@@ -22,7 +22,7 @@ import (
 )
 
 // tokenRecorder is an exec launcher plugin that records the runner token
-// of every task it starts, so that a test knows the secrets to look for.
+// of every task it starts, so that a test can look for the secrets.
 type tokenRecorder struct {
 	mu     sync.Mutex
 	tokens []string

@@ -3,8 +3,8 @@
 // Kubernetes pod, and any platform a user writes a plugin for.
 //
 // A launcher has two required operations. StartTask creates the platform
-// resource that runs one runner and returns an opaque state; odrkit stores
-// that state as bytes and hands it back to StopTask, which removes the
+// resource that runs one runner and returns an opaque state. odrkit stores
+// that state as bytes and passes it back to StopTask, which removes the
 // resource. Optional capabilities are separate small interfaces that a
 // launcher implements when its platform supports them: [Watcher] streams a
 // task's own output and reports its exit code, and [Lister] finds tasks by

@@ -28,7 +28,7 @@ type Plugin struct {
 	New func(config any, opts Options) (Launcher, error)
 }
 
-// Options are what odrkit passes to every plugin constructor.
+// Options holds the values odrkit passes to every plugin constructor.
 type Options struct {
 	// Logger receives the launcher's log records. Never nil.
 	Logger *slog.Logger

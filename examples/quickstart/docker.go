@@ -22,8 +22,8 @@ import (
 // dockerImage is the runner image the -docker mode builds and runs.
 const dockerImage = "odrkit-quickstart-runner:local"
 
-// staticShells are where a statically linked busybox may be installed;
-// Debian's busybox-static package puts it at /bin/busybox.
+// staticShells lists the paths of a statically linked busybox. Debian's
+// busybox-static package installs it at /bin/busybox.
 var staticShells = []string{"/bin/busybox", "/usr/bin/busybox"}
 
 // dockerProfile builds the runner image in the Docker engine that
@@ -37,7 +37,7 @@ func dockerProfile(ctx context.Context) (*profile.Profile, error) {
 	}
 	defer cli.Close()
 	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
-		return nil, fmt.Errorf("no Docker engine answers at DOCKER_HOST=%q; start one or run without -docker: %w", os.Getenv("DOCKER_HOST"), err)
+		return nil, fmt.Errorf("no Docker engine responds at DOCKER_HOST=%q; start one or run without -docker: %w", os.Getenv("DOCKER_HOST"), err)
 	}
 	if err := buildImage(ctx, cli); err != nil {
 		return nil, err

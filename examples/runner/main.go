@@ -3,7 +3,7 @@
 // stop jobs of on-demand runners, using the exec and docker launchers.
 //
 // Settings come from the ODRKIT_* environment variables that a host sets
-// when it launches an on-demand runner; flags override them for a static
+// when it launches an on-demand runner. Flags override them for a static
 // runner started by hand:
 //
 //	go run ./examples/runner -addr 127.0.0.1:9090 -id static-1 \

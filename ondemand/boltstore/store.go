@@ -7,8 +7,8 @@
 //
 // Records are stored as JSON in the buckets "jobs" and "tasks" (key: the
 // ID) and "events". A job's first event gives it a number, kept in
-// "job_numbers"; its events are keyed by that number and the sequence, each
-// 8 bytes big-endian, so one job's events are adjacent and in order, and
+// "job_numbers". Its events are keyed by that number and the sequence, each
+// 8 bytes big-endian. So one job's events are adjacent and in order, and
 // the events of jobs created close together share pages whatever their IDs.
 // The bucket "event_last_seq" holds each job's last sequence by number,
 // which makes the gap check of AppendEvent one lookup.
@@ -106,7 +106,7 @@ type request struct {
 
 type result struct {
 	err error
-	// runAlone tells the caller to run fn in a transaction of its own,
+	// runAlone signals the caller to run fn in a transaction of its own,
 	// because fn panicked in the shared one. The panic then happens on the
 	// caller's goroutine.
 	runAlone bool

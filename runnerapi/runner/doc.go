@@ -4,7 +4,7 @@
 // A runner dials the host's runner API over gRPC, authenticates with the
 // bearer token the host issued for its runner ID, and takes jobs. Each job
 // travels on its own RunnerService.JobStream call: the runner sends Open, the
-// host answers with an Assignment, the runner acknowledges it, runs the
+// host replies with an Assignment, the runner acknowledges it, runs the
 // handler registered for the job's kind, streams output lines and heartbeats
 // while the handler runs, and ends with Complete.
 //

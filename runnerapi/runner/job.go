@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// Job is an assigned job as its handler sees it.
+// Job is the part of an assigned job that its handler receives.
 type Job struct {
 	// ID is the host's job ID.
 	ID string

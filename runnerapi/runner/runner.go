@@ -121,10 +121,10 @@ func (r *Runner) kinds() []string {
 //
 // An on-demand runner takes exactly one job, runs it and returns nil once
 // the host has received its completion, also when the job failed. It
-// returns an error when it could not take or deliver the job: the host
-// stayed unreachable for Config.ConnectTimeout, the host rejected the
-// credentials, the job's kind has no handler, the stream broke while the
-// job ran, or ctx was done before a job arrived.
+// returns an error when it could not take or deliver the job. That happens
+// when the host stayed unreachable for Config.ConnectTimeout, the host
+// rejected the credentials, the job's kind has no handler, the stream broke
+// while the job ran, or ctx was done before a job arrived.
 //
 // A static runner takes job after job on Config.Concurrency streams and
 // retries with backoff when the host is unreachable or a stream fails. It

@@ -794,8 +794,8 @@ func outputFileNames(t *testing.T, dir string) []string {
 	return names
 }
 
-// reapOnCleanup reaps pid when the test ends. A child of a closed launcher
-// is reaped by nobody else, and would stay a zombie until the test binary
+// reapOnCleanup reaps pid when the test ends. No other code reaps a child
+// of a closed launcher, so it would stay a zombie until the test binary
 // exits.
 func reapOnCleanup(t *testing.T, pid int) {
 	t.Helper()

@@ -9,10 +9,10 @@
 // OUTPUT_DIR/TASK.stderr, which StartTask creates with mode 0600 and passes
 // to the runner as its file descriptors 1 and 2. TASK is the task ID with
 // bytes other than letters, digits, '-', '_' and '.' replaced by '_'. When
-// a file of that name exists, StartTask adds a random suffix to the name. No pipe or goroutine of
-// the host process sits between the runner and its output, so the runner
-// keeps running and writing when the host process exits or crashes, and a
-// later host process can still connect to it and read its output.
+// a file of that name exists, StartTask adds a random suffix to the name.
+// No pipe or goroutine of the host process sits between the runner and its
+// output. So the runner keeps running and writing when the host process
+// exits or crashes, and a later host process can still read its output.
 //
 // WatchTask streams both files from their start and follows them, checking
 // for new output every 100 ms, until the runner has exited and the files
